@@ -1,0 +1,234 @@
+//! The glommio driver: binds both services on every shard, starts the shards and the DB pool,
+//! and shuts them down. Everything per-connection and per-shard lives in [`shard`] and [`conn`].
+
+mod clock;
+mod conn;
+mod listen;
+mod login;
+mod shard;
+mod world;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::ExecutorJoinHandle;
+use shards::shutdown::{shutdown_signal, ShutdownTrigger};
+use shards::ShardSpec;
+
+use crate::config::Config;
+use crate::dbpool::DbPool;
+use crate::store::StoreError;
+use crate::tls::TlsError;
+
+pub use clock::micros_since_start;
+
+/// The server could not start, or a shard failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Certificates could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The account store could not be opened.
+    #[error("account store: {0}")]
+    Store(#[from] StoreError),
+    /// A listening address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A shard could not start or failed.
+    #[error(transparent)]
+    Shard(#[from] shards::ShardError),
+}
+
+/// Live counters of one shard (updated on accept and close, never per frame).
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// Open connections, both services.
+    pub connections: AtomicUsize,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    trigger: ShutdownTrigger,
+    shards: Vec<ExecutorJoinHandle<()>>,
+    pool: DbPool,
+    login_addr: SocketAddr,
+    world_addr: SocketAddr,
+    stats: Arc<Vec<ShardStats>>,
+}
+
+impl ServerHandle {
+    /// The address the login service listens on (with the real port when config said 0).
+    pub fn login_addr(&self) -> SocketAddr {
+        self.login_addr
+    }
+
+    /// The address the world service listens on.
+    pub fn world_addr(&self) -> SocketAddr {
+        self.world_addr
+    }
+
+    /// Open connections per shard, in shard order.
+    pub fn connections_per_shard(&self) -> Vec<usize> {
+        self.stats
+            .iter()
+            .map(|s| s.connections.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// A trigger that starts a graceful shutdown (for a signal-handling thread).
+    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
+        self.trigger.clone()
+    }
+
+    /// Starts a graceful shutdown: stop accepting, `S_DISCONNECT{SERVER_SHUTDOWN}` to everyone,
+    /// save every player.
+    pub fn shutdown(&self) {
+        self.trigger.fire();
+    }
+
+    /// Waits until every shard has finished, then drains the DB pool (every save queued by then
+    /// is written).
+    pub fn wait(self) -> Result<(), ServerError> {
+        let joined = shards::executor::join_shards(self.shards);
+        self.pool.shutdown();
+        joined.map(|_| ()).map_err(ServerError::from)
+    }
+}
+
+/// What every shard is started with.
+struct ShardInit {
+    config: Arc<Config>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    pool: DbPool,
+    mesh: MeshBuilder<crate::world::WorldEvent, glommio::channels::channel_mesh::Full>,
+    listeners: Arc<Mutex<Vec<Option<listen::ShardListeners>>>>,
+    shutdown: shards::shutdown::ShutdownListener,
+    stats: Arc<Vec<ShardStats>>,
+}
+
+impl Clone for ShardInit {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+            pool: self.pool.clone(),
+            mesh: self.mesh.clone(),
+            listeners: self.listeners.clone(),
+            shutdown: self.shutdown.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// Starts the server described by `config`: certificates, the DB pool, and one shard per
+/// configured core, each listening on both services.
+pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    clock::init();
+    let tls_on = config.tls.enabled;
+    let tls = if config.tls.enabled {
+        Some(crate::tls::server_config(&config.tls)?)
+    } else {
+        tracing::warn!("TLS is off ([tls] enabled = false): traffic is plaintext");
+        None
+    };
+    let specs = shard_specs(&config);
+    let count = specs.len();
+    let login = listen::bind_reuseport(config.server.login_addr, count)?;
+    let world = listen::bind_reuseport(config.server.world_addr, count)?;
+    let login_addr = login.addr;
+    let world_addr = world.addr;
+    let listeners = login
+        .sockets
+        .into_iter()
+        .zip(world.sockets)
+        .map(|(login, world)| Some(listen::ShardListeners { login, world }))
+        .collect();
+
+    let pool = DbPool::start(
+        config.store.db_threads,
+        config.store.queue_capacity,
+        crate::store::open_embedded(&config.store)?,
+    )?;
+    let stats: Arc<Vec<ShardStats>> = Arc::new((0..count).map(|_| ShardStats::default()).collect());
+    let (trigger, shutdown) = shutdown_signal();
+    let init = ShardInit {
+        mesh: MeshBuilder::full(count, config.shards.mesh_capacity),
+        config: Arc::new(config),
+        tls,
+        pool: pool.clone(),
+        listeners: Arc::new(Mutex::new(listeners)),
+        shutdown,
+        stats: stats.clone(),
+    };
+    let shards = match shards::spawn_shards(&specs, move |spec| shard::run(spec, init.clone())) {
+        Ok(handles) => handles,
+        Err(e) => {
+            trigger.fire();
+            pool.shutdown();
+            return Err(e.into());
+        }
+    };
+    tracing::info!(
+        shards = count,
+        %login_addr,
+        %world_addr,
+        tls = tls_on,
+        "server started"
+    );
+    Ok(ServerHandle {
+        trigger,
+        shards,
+        pool,
+        login_addr,
+        world_addr,
+        stats,
+    })
+}
+
+fn shard_specs(config: &Config) -> Vec<ShardSpec> {
+    let online = shards::executor::online_cores();
+    let count = match config.shards.count {
+        0 if config.shards.cores.is_empty() => online.len().max(1),
+        0 => config.shards.cores.len(),
+        n => n,
+    };
+    (0..count)
+        .map(|id| {
+            let core = if !config.shards.pin {
+                None
+            } else if config.shards.cores.is_empty() {
+                Some(online.get(id % online.len().max(1)).copied().unwrap_or(id))
+            } else {
+                config.shards.cores.get(id).copied()
+            };
+            ShardSpec {
+                id,
+                core,
+                io_memory: config.shards.io_memory_kib * 1024,
+            }
+        })
+        .collect()
+}
+
+/// Takes shard `id`'s listeners out of the shared list (each shard takes its own once).
+fn take_listeners(
+    all: &Mutex<Vec<Option<listen::ShardListeners>>>,
+    id: usize,
+) -> Option<listen::ShardListeners> {
+    all.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_mut(id)
+        .and_then(Option::take)
+}

@@ -1,0 +1,369 @@
+//! One shard: the sessions it owns, its replica of the world, its end of the mesh, and how it
+//! starts and drains. Everything here runs on the shard's own thread and takes no lock.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::future::or;
+use glommio::net::TcpListener;
+use glommio::sync::Gate;
+use hashbrown::HashMap;
+use shards::mesh::Mesh;
+use shards::outbox::{Outbox, PushError};
+use shards::shutdown::ShutdownListener;
+use shards::ShardSpec;
+
+use crate::config::Config;
+use crate::dbpool::{DbPool, PoolError};
+use crate::model::{AccountId, Position};
+use crate::protocol::pb::DisconnectReason;
+use crate::protocol::{ServerMessage, Service};
+use crate::session::disconnect;
+use crate::store::{ops, Services};
+use crate::world::{Action, ConnId, World, WorldEvent};
+
+use super::conn::{self, with_deadline};
+use super::{take_listeners, ShardInit, ShardStats};
+
+/// How long a shard remembers an account's newest entry after it left (see `World`).
+const ENTRY_MEMORY_MICROS: u64 = 10 * 60 * 1_000_000;
+
+/// Why a DB request got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum DbFailure {
+    /// The pool's queue is full.
+    #[error("db pool busy")]
+    Busy,
+    /// No answer within `store.request_timeout_ms`.
+    #[error("db request timed out")]
+    Timeout,
+    /// The pool has stopped.
+    #[error("db pool stopped")]
+    Stopped,
+    /// The job panicked on the pool thread.
+    #[error("db job panicked")]
+    Panicked,
+}
+
+/// A shard's state. Shared by its tasks through `Rc`; never leaves its thread.
+pub(super) struct Shard {
+    pub(super) id: usize,
+    pub(super) config: Arc<Config>,
+    pub(super) tls: Option<futures_rustls::TlsAcceptor>,
+    pool: DbPool,
+    world: RefCell<World>,
+    conns: RefCell<HashMap<ConnId, Outbox>>,
+    next_conn: Cell<ConnId>,
+    mesh: OnceCell<Mesh<WorldEvent>>,
+    pending_saves: RefCell<Vec<(AccountId, Position)>>,
+    actions: RefCell<Vec<Action>>,
+    stats: Arc<Vec<ShardStats>>,
+    gate: Gate,
+    shutdown: ShutdownListener,
+}
+
+/// The shard's main future: joins the mesh, accepts on both services until shutdown, then drains.
+pub(super) async fn run(spec: ShardSpec, init: ShardInit) {
+    let Some(listeners) = take_listeners(&init.listeners, spec.id) else {
+        tracing::error!(shard = spec.id, "no listening sockets for this shard");
+        return;
+    };
+    let shard = Rc::new(Shard {
+        id: spec.id,
+        tls: init.tls.map(futures_rustls::TlsAcceptor::from),
+        pool: init.pool,
+        world: RefCell::new(World::new(u16::try_from(spec.id).unwrap_or(u16::MAX))),
+        conns: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(1),
+        mesh: OnceCell::new(),
+        pending_saves: RefCell::new(Vec::new()),
+        actions: RefCell::new(Vec::new()),
+        stats: init.stats,
+        gate: Gate::new(),
+        shutdown: init.shutdown,
+        config: init.config,
+    });
+    let receiver = shard.clone();
+    match Mesh::join(init.mesh, move |event| receiver.on_remote(event)).await {
+        Ok(mesh) => {
+            let _ = shard.mesh.set(mesh);
+        }
+        Err(e) => {
+            tracing::error!(shard = spec.id, error = %e, "shard cannot join the mesh");
+            return;
+        }
+    }
+    // SAFETY of from_raw_fd: each fd comes from a listener this shard owns and gives up here.
+    let login = unsafe { TcpListener::from_raw_fd(listeners.login.into_raw_fd()) };
+    let world = unsafe { TcpListener::from_raw_fd(listeners.world.into_raw_fd()) };
+    glommio::spawn_local(accept_loop(shard.clone(), login, Service::Login)).detach();
+    glommio::spawn_local(accept_loop(shard.clone(), world, Service::World)).detach();
+    glommio::spawn_local(save_loop(shard.clone())).detach();
+    tracing::debug!(shard = spec.id, core = ?spec.core, "shard serving");
+
+    shard.shutdown.wait().await;
+    shard.drain().await;
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, service: Service) {
+    loop {
+        let accepted = or(async { Some(listener.accept().await) }, async {
+            shard.shutdown.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                match shard
+                    .gate
+                    .spawn(conn::serve(shard.clone(), stream, service))
+                {
+                    Ok(task) => {
+                        task.detach();
+                    }
+                    Err(_) => break, // the gate is closed: shutting down
+                }
+            }
+            Some(Err(e)) => {
+                // Out of file descriptors, say: back off a little instead of spinning.
+                tracing::warn!(shard = shard.id, %service, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn save_loop(shard: Rc<Shard>) {
+    let interval = shard.config.server.save_interval();
+    loop {
+        let tick = or(
+            async {
+                glommio::timer::sleep(interval).await;
+                true
+            },
+            async {
+                shard.shutdown.wait().await;
+                false
+            },
+        )
+        .await;
+        if !tick {
+            break;
+        }
+        // Entries older than this cannot still be travelling between shards.
+        let cutoff = super::micros_since_start().saturating_sub(ENTRY_MEMORY_MICROS);
+        shard.world.borrow_mut().forget_entries_before(cutoff);
+        let mut positions = shard.world.borrow().local_positions();
+        positions.append(&mut shard.pending_saves.borrow_mut());
+        shard.submit_saves(positions);
+    }
+}
+
+impl Shard {
+    /// Registers a new connection, or `None` when the shard is at its connection limit.
+    pub(super) fn register_conn(&self) -> Option<(ConnId, Outbox)> {
+        let mut conns = self.conns.borrow_mut();
+        if conns.len() >= self.config.server.max_connections_per_shard {
+            return None;
+        }
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let outbox = Outbox::new(self.config.server.send_queue_limit_bytes);
+        conns.insert(id, outbox.clone());
+        self.stat_add(1);
+        Some((id, outbox))
+    }
+
+    /// Forgets a closed connection; a world session leaves the world.
+    pub(super) fn unregister_conn(&self, id: ConnId) {
+        if self.conns.borrow_mut().remove(&id).is_some() {
+            self.stat_add(-1);
+        }
+        self.world_action(|world, out| world.leave(id, out));
+    }
+
+    fn stat_add(&self, delta: isize) {
+        if let Some(s) = self.stats.get(self.id) {
+            use std::sync::atomic::Ordering::Relaxed;
+            if delta > 0 {
+                s.connections.fetch_add(1, Relaxed);
+            } else {
+                s.connections.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// Encodes a message into the shard's send-buffer chunk.
+    pub(super) fn encode(&self, msg: &ServerMessage) -> Option<Bytes> {
+        match shards::chunk::encode(|buf| msg.encode(buf)) {
+            Ok(frame) => Some(frame),
+            Err(e) => {
+                tracing::error!(shard = self.id, error = %e, "message too large to send; dropped");
+                None
+            }
+        }
+    }
+
+    /// Sends a message to one connection of this shard.
+    pub(super) fn send(&self, conn: ConnId, msg: &ServerMessage) {
+        if let Some(frame) = self.encode(msg) {
+            self.push(conn, frame);
+        }
+    }
+
+    fn push(&self, conn: ConnId, frame: Bytes) {
+        let conns = self.conns.borrow();
+        let Some(outbox) = conns.get(&conn) else {
+            return;
+        };
+        match outbox.push(frame) {
+            Ok(()) | Err(PushError::Closed) => {}
+            Err(PushError::Overflow) => {
+                tracing::info!(
+                    shard = self.id,
+                    conn,
+                    pending = outbox.pending_bytes(),
+                    "slow consumer: send queue over its limit, disconnecting"
+                );
+                let last = self.encode(&disconnect(
+                    DisconnectReason::SlowConsumer,
+                    "send queue over its limit",
+                ));
+                outbox.close(last, true);
+            }
+        }
+    }
+
+    /// Sends `S_DISCONNECT{reason}` after what is queued and closes the connection.
+    pub(super) fn kick(&self, conn: ConnId, reason: DisconnectReason, detail: &str) {
+        let last = self.encode(&disconnect(reason, detail));
+        if let Some(outbox) = self.conns.borrow().get(&conn) {
+            outbox.close(last, false);
+        }
+    }
+
+    /// Runs a world rule and carries out what it asks.
+    pub(super) fn world_action(&self, rule: impl FnOnce(&mut World, &mut Vec<Action>)) {
+        let mut actions = std::mem::take(&mut *self.actions.borrow_mut());
+        rule(&mut self.world.borrow_mut(), &mut actions);
+        self.run_actions(&mut actions);
+        *self.actions.borrow_mut() = actions;
+    }
+
+    fn on_remote(&self, event: WorldEvent) {
+        self.world_action(|world, out| world.apply_remote(event, out));
+    }
+
+    fn run_actions(&self, actions: &mut Vec<Action>) {
+        for action in actions.drain(..) {
+            match action {
+                Action::Send { to, msg } => self.send(to, &msg),
+                Action::Broadcast { except, msg } => {
+                    let Some(frame) = self.encode(&msg) else {
+                        continue;
+                    };
+                    // Pushing never touches the world (a slow consumer is only marked
+                    // closing), so the world can stay borrowed while the frame goes out.
+                    let world = self.world.borrow();
+                    for conn in world.local_conns().filter(|c| Some(*c) != except) {
+                        self.push(conn, frame.clone());
+                    }
+                }
+                Action::Kick { conn, reason } => {
+                    tracing::info!(shard = self.id, conn, ?reason, "session replaced");
+                    self.kick(conn, reason, "logged in elsewhere");
+                }
+                Action::Publish(event) => {
+                    if let Some(mesh) = self.mesh.get() {
+                        mesh.publish(event);
+                    }
+                }
+                Action::Save { player, position } => {
+                    self.submit_saves(vec![(player, position)]);
+                }
+            }
+        }
+    }
+
+    /// Queues position saves on the DB pool without waiting; when the pool is busy they wait
+    /// for the next save tick, so none is lost.
+    fn submit_saves(&self, positions: Vec<(AccountId, Position)>) {
+        if positions.is_empty() {
+            return;
+        }
+        let batch = positions.clone();
+        let shard = self.id;
+        let submitted = self.pool.submit(move |s: &mut Services| {
+            if let Err(e) = ops::save_positions(s, &batch) {
+                tracing::warn!(shard, players = batch.len(), error = %e, "saving positions failed");
+            }
+        });
+        if let Err(e) = submitted {
+            tracing::warn!(shard, players = positions.len(), error = %e, "position save deferred");
+            self.pending_saves.borrow_mut().extend(positions);
+        }
+    }
+
+    /// Runs a blocking job on the DB pool and waits for its answer, at most
+    /// `store.request_timeout_ms`. The shard keeps serving meanwhile.
+    pub(super) async fn db<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Services) -> T + Send + 'static,
+    ) -> Result<T, DbFailure> {
+        let reply = self.pool.submit(job).map_err(|e| match e {
+            PoolError::Busy => DbFailure::Busy,
+            PoolError::Stopped => DbFailure::Stopped,
+            PoolError::JobPanicked => DbFailure::Panicked,
+        })?;
+        let deadline = Instant::now() + self.config.store.request_timeout();
+        match with_deadline(deadline, reply).await {
+            None => Err(DbFailure::Timeout),
+            Some(Ok(v)) => Ok(v),
+            Some(Err(PoolError::JobPanicked)) => Err(DbFailure::Panicked),
+            Some(Err(_)) => Err(DbFailure::Stopped),
+        }
+    }
+
+    /// Graceful shutdown of this shard: the accept loops have stopped; save every player, tell
+    /// every connection, wait for them to close (at most the grace period), save what is left.
+    async fn drain(&self) {
+        let positions = self.world.borrow().local_positions();
+        let players = positions.len();
+        let connections = self.conns.borrow().len();
+        tracing::info!(shard = self.id, connections, players, "shutting down");
+        if players > 0 {
+            match self.db(move |s| ops::save_positions(s, &positions)).await {
+                Ok(Ok(())) => tracing::info!(shard = self.id, players, "positions saved"),
+                Ok(Err(e)) => {
+                    tracing::error!(shard = self.id, error = %e, "saving positions failed")
+                }
+                Err(e) => tracing::error!(shard = self.id, error = %e, "saving positions failed"),
+            }
+        }
+        let ids: Vec<ConnId> = self.conns.borrow().keys().copied().collect();
+        for id in ids {
+            self.kick(id, DisconnectReason::ServerShutdown, "server shutting down");
+        }
+        let deadline = Instant::now() + self.config.server.shutdown_grace();
+        if with_deadline(deadline, self.gate.close()).await.is_none() {
+            tracing::warn!(
+                shard = self.id,
+                open = self.conns.borrow().len(),
+                "connections still open after the grace period"
+            );
+        }
+        let left = std::mem::take(&mut *self.pending_saves.borrow_mut());
+        if !left.is_empty() {
+            let n = left.len();
+            if let Err(e) = self.db(move |s| ops::save_positions(s, &left)).await {
+                tracing::error!(shard = self.id, players = n, error = %e, "final save failed");
+            }
+        }
+        tracing::info!(shard = self.id, "shard stopped");
+    }
+}
