@@ -9,11 +9,13 @@
 //! - [`split`]: read and write halves of one stream for two tasks of the same shard.
 //! - [`mesh`]: cross-shard event channels, connected at start-up, that never deadlock.
 //! - [`shutdown`]: one signal that reaches every shard.
+//! - [`guard`]: a panic in one session's task ends that session, not the shard.
 //!
 //! Nothing here knows the game: services are built on top.
 
 pub mod chunk;
 pub mod executor;
+pub mod guard;
 pub mod mesh;
 pub mod net;
 pub mod outbox;

@@ -32,6 +32,9 @@ const SNAPSHOT_WAIT: Duration = Duration::from_millis(150);
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// A login connection unused for this long is replaced rather than reused.
 const LOGIN_REUSE: Duration = Duration::from_secs(30);
+/// At the end of input, how long to keep printing what the world sends (answers to the last
+/// lines of a piped script).
+const LINGER: Duration = Duration::from_millis(500);
 
 /// What `/help` prints.
 const HELP: &str = "\
@@ -43,7 +46,7 @@ commands:
   /who                      list the players in view
   /ping                     measure the round trip (world if entered, else login)
   /help                     this list
-  /quit                     leave (end of input does the same)
+  /quit                     leave (end of input does the same, after 0.5 s)
 anything else is chat once you have entered (start with // to chat a line beginning with /)";
 
 /// Arguments of `gameserver client`.
@@ -67,8 +70,14 @@ pub struct ClientArgs {
     /// Log in as this user (registering it if unknown) and enter the world at start.
     #[arg(long, value_name = "NAME", requires = "password")]
     pub user: Option<String>,
-    /// The password for `--user`.
-    #[arg(long, value_name = "PASSWORD", requires = "user")]
+    /// The password for `--user` (or `GAMESERVER_PASSWORD`, which `ps` does not show).
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        requires = "user",
+        env = "GAMESERVER_PASSWORD",
+        hide_env_values = true
+    )]
     pub password: Option<String>,
 }
 
@@ -325,14 +334,14 @@ fn unreachable(service: &str, addr: &str, err: &ClientError) -> String {
                 "closed during the TLS handshake".to_string(),
                 "does the server use TLS? If not, pass --plaintext",
             ),
-            io::ErrorKind::InvalidData => (
-                format!("TLS handshake failed: {e}"),
-                "trust the certs/ca.pem of this server (--ca) and name it as its certificate \
-                 does (--server-name localhost or 127.0.0.1); if the server runs without TLS, \
-                 pass --plaintext",
-            ),
             _ => (e.to_string(), "is the server running?"),
         },
+        ClientError::Tls(e) => (
+            format!("TLS handshake failed: {e}"),
+            "trust the certs/ca.pem of this server (--ca) and name it as its certificate \
+             does (--server-name localhost or 127.0.0.1); if the server runs without TLS, \
+             pass --plaintext",
+        ),
         other => (other.to_string(), "is the server running?"),
     };
     format!("cannot reach the {service} service at {addr}: {what} — {hint}")
@@ -437,7 +446,7 @@ impl Client {
                         }
                     }
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Disconnected) => return self.linger(),
                 }
             }
             if self.world.is_some() {
@@ -450,9 +459,17 @@ impl Client {
                         }
                     }
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => return self.linger(),
                 }
             }
+        }
+    }
+
+    /// At the end of input: prints the world's messages for a moment, then returns.
+    fn linger(&mut self) {
+        let until = Instant::now() + LINGER;
+        while self.world.is_some() && Instant::now() < until {
+            self.poll_world();
         }
     }
 
@@ -581,7 +598,7 @@ impl Client {
             _ => self.connect("login", &self.args.login.clone())?,
         };
         if let Err(e) = conn.send(request) {
-            say(format!("lost the login connection: {e}"));
+            say(self.lost("login", &e));
             return None;
         }
         match conn.recv_timeout(ANSWER_TIMEOUT) {
@@ -598,7 +615,7 @@ impl Client {
                 None
             }
             Err(e) => {
-                say(format!("lost the login connection: {e}"));
+                say(self.lost("login", &e));
                 None
             }
         }
@@ -619,7 +636,7 @@ impl Client {
             return;
         };
         if let Err(e) = conn.send(&pb::CEnter { token: token.value }) {
-            say(format!("lost the world connection: {e}"));
+            say(self.lost("world", &e));
             return;
         }
         let me = match conn.recv_timeout(ANSWER_TIMEOUT) {
@@ -634,7 +651,8 @@ impl Client {
                 return;
             }
             Ok(other) => return self.unexpected(Some(other)),
-            Err(e) => return say(format!("no answer from the world service: {e}")),
+            Err(ClientError::Timeout) => return say("the world service did not answer in time"),
+            Err(e) => return say(self.lost("world", &e)),
         };
         let mut world = World {
             conn,
@@ -650,6 +668,18 @@ impl Client {
             Ok(None) => {}
             Err(e) => self.lost_world(&e),
         }
+    }
+
+    /// A connection failed before its first answer; a plaintext client talking to a TLS server
+    /// sees just that, so say so.
+    fn lost(&self, service: &str, err: &ClientError) -> String {
+        let hint = match err {
+            ClientError::Closed | ClientError::Protocol(_) if self.args.plaintext => {
+                " — if the server uses TLS (the default), drop --plaintext"
+            }
+            _ => "",
+        };
+        format!("lost the {service} connection: {err}{hint}")
     }
 
     /// Connects to a service, printing why not on failure.
@@ -805,7 +835,16 @@ impl Client {
         if others.is_empty() {
             say("nobody else is here");
         } else {
-            say(format!("{} here: {}", others.len(), others.join(", ")));
+            let players = if others.len() == 1 {
+                "player"
+            } else {
+                "players"
+            };
+            say(format!(
+                "{} other {players} here: {}",
+                others.len(),
+                others.join(", ")
+            ));
         }
     }
 
@@ -813,8 +852,9 @@ impl Client {
     fn ping(&mut self) {
         let client_time = unix_micros(SystemTime::now()).max(1);
         if self.world.is_some() {
+            let sent = Instant::now();
             if self.send_world(&pb::CPing { client_time }) {
-                self.ping = Some((client_time, Instant::now()));
+                self.ping = Some((client_time, sent));
             }
             return;
         }

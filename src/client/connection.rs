@@ -37,6 +37,20 @@ pub enum ClientError {
     Encode(#[from] crate::protocol::EncodeError),
 }
 
+/// rustls reports handshake failures as `InvalidData` I/O errors; give them back their type.
+fn tls_error(e: io::Error) -> ClientError {
+    if !e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+        return ClientError::Io(e);
+    }
+    match e
+        .into_inner()
+        .map(|inner| inner.downcast::<rustls::Error>())
+    {
+        Some(Ok(tls)) => ClientError::Tls(*tls),
+        _ => ClientError::Io(io::Error::other("TLS handshake failed")),
+    }
+}
+
 /// TLS settings of a client: the trusted roots and the name to check.
 #[derive(Debug, Clone)]
 pub struct Tls {
@@ -118,7 +132,7 @@ impl Connection {
                     rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())?;
                 let mut s = rustls::StreamOwned::new(conn, tcp);
                 while s.conn.is_handshaking() {
-                    s.conn.complete_io(&mut s.sock)?;
+                    s.conn.complete_io(&mut s.sock).map_err(tls_error)?;
                 }
                 Stream::Tls(Box::new(s))
             }
@@ -212,6 +226,15 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Closes the connection politely: TLS close_notify when on TLS, then the socket.
+    pub fn close(mut self) {
+        if let Stream::Tls(s) = &mut self.stream {
+            s.conn.send_close_notify();
+            let _ = s.conn.complete_io(&mut s.sock);
+        }
+        let _ = self.stream.tcp().shutdown(std::net::Shutdown::Both);
     }
 
     /// Closes the connection with a TCP reset (no goodbye), as a crashed client would.

@@ -4,12 +4,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::rc::Rc;
 use std::time::Instant;
 
-use futures::future::{select, Either, FutureExt};
+use futures::future::{select, Either};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use futures_lite::future::or;
 use shards::net::Tcp;
@@ -78,7 +77,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = with_deadline(flush_deadline(), outbox.run_writer(&mut wr)).await;
         return;
     };
-    let session = AssertUnwindSafe(async {
+    let session = shards::guard::contain_panic(async {
         let reader = pin!(read_loop(
             shard,
             id,
@@ -106,15 +105,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             Either::Right((Ok(()), _)) => {}
         }
     })
-    .catch_unwind()
     .await;
-    if session.is_err() {
-        tracing::error!(
-            shard = shard.id,
-            conn = id,
-            ?peer,
-            "session panicked; closed it"
-        );
+    if let Err(panic) = session {
+        tracing::error!(shard = shard.id, conn = id, ?peer, %panic, "session panicked; closed it");
     }
 }
 

@@ -101,20 +101,18 @@ impl TestServer {
     }
 
     /// Opens a connection to `addr` that landed on shard `shard` (the kernel spreads
-    /// connections over the shards' sockets; others are closed until one lands there).
+    /// connections over the shards' sockets; others are dropped until one lands there).
+    /// Only the caller opens connections meanwhile; closes of earlier connections may still be
+    /// counted down, which only ever lowers a count, so a rise on `shard` is this connection.
     pub fn connect_on_shard(&self, addr: SocketAddr, shard: usize) -> Connection {
         for _ in 0..200 {
             let before = self.connections();
             let mut conn = self.connect(addr);
             // The pong proves the server has accepted and registered the connection.
             ping(&mut conn);
-            let after = self.connections();
-            let landed = (0..after.len()).find(|&i| after[i] > before[i]);
-            if landed == Some(shard) {
+            if self.connections()[shard] > before[shard] {
                 return conn;
             }
-            drop(conn);
-            self.wait_for_connections(|counts| counts == before.as_slice());
         }
         panic!("no connection landed on shard {shard}");
     }
@@ -171,19 +169,28 @@ impl TestServer {
         self.reenter_on_shard(name, id, shard)
     }
 
-    /// Logs an existing account in and enters on `shard`.
-    pub fn reenter_on_shard(&self, name: &str, id: u64, shard: usize) -> Player {
+    /// Logs `name` (password `password123`) in; asserts it is account `id`; returns the token.
+    pub fn token_for(&self, name: &str, id: u64) -> String {
         let login = self.login(name, "password123");
         assert_eq!(login.result, pb::Result::Ok as i32, "login {name}");
+        assert_eq!(login.account_id, id, "login {name}: account id");
+        assert!(!login.token.is_empty(), "login {name}: empty token");
+        login.token
+    }
+
+    /// Logs an existing account in and enters on `shard`; asserts `S_ENTER{OK}` with the
+    /// account's id and name. The snapshot is left unread.
+    pub fn reenter_on_shard(&self, name: &str, id: u64, shard: usize) -> Player {
+        let token = self.token_for(name, id);
         let mut conn = self.connect_on_shard(self.world_addr(), shard);
-        conn.send(&pb::CEnter { token: login.token }).unwrap();
-        let entered = match conn.recv().unwrap() {
-            ServerMessage::Enter(e) => e,
-            other => panic!("enter {name}: {other:?}"),
-        };
+        let entered = send_enter(&mut conn, token);
         assert_eq!(entered.result, pb::Result::Ok as i32, "enter {name}");
-        let me = entered.player.clone().unwrap();
-        assert_eq!(me.player_id, id);
+        let me = entered
+            .player
+            .clone()
+            .expect("S_ENTER{OK} carries the player");
+        assert_eq!(me.player_id, id, "enter {name}: id");
+        assert_eq!(me.name, name, "enter {name}: name");
         Player {
             id,
             name: name.into(),
@@ -260,6 +267,15 @@ pub fn expect<T>(
             }
             Err(e) => panic!("waiting for {what}: {e}"),
         }
+    }
+}
+
+/// Sends `C_ENTER` on `conn` and returns the `S_ENTER` (the next message).
+pub fn send_enter(conn: &mut Connection, token: String) -> pb::SEnter {
+    conn.send(&pb::CEnter { token }).unwrap();
+    match conn.recv_timeout(WAIT).unwrap() {
+        ServerMessage::Enter(e) => e,
+        other => panic!("expected S_ENTER, got {other:?}"),
     }
 }
 
