@@ -199,6 +199,62 @@ impl TestServer {
         }
     }
 
+    /// Registers `name`, logs in and enters the world, on `shard` if given, leaving the
+    /// connection counts settled.
+    ///
+    /// Unlike `enter_on_shard`, the login connection stays open until the player has
+    /// entered, and the helper then waits until the server no longer counts it: `connect_on_shard`
+    /// compares connection counts before and after, and a connection closing meanwhile can leave
+    /// it waiting for counts that never come back. Callers keep the counts settled the same way.
+    pub fn enter_settled(&self, name: &str, shard: Option<usize>) -> Player {
+        let mut login = self.login_conn();
+        login
+            .send(&pb::CRegister {
+                username: name.into(),
+                password: "password123".into(),
+            })
+            .unwrap();
+        let id = match next(&mut login) {
+            ServerMessage::Register(r) if r.result == pb::Result::Ok as i32 => r.account_id,
+            other => panic!("register {name}: {other:?}"),
+        };
+        login
+            .send(&pb::CLogin {
+                username: name.into(),
+                password: "password123".into(),
+            })
+            .unwrap();
+        let token = match next(&mut login) {
+            ServerMessage::Login(l) if l.result == pb::Result::Ok as i32 => l.token,
+            other => panic!("login {name}: {other:?}"),
+        };
+        // The login connection is counted now (it was answered) and stays open meanwhile.
+        let open = self.open_connections();
+        let mut conn = match shard {
+            Some(shard) => self.connect_on_shard(self.world_addr(), shard),
+            None => self.world_conn(),
+        };
+        conn.send(&pb::CEnter { token }).unwrap();
+        let entered = match next(&mut conn) {
+            ServerMessage::Enter(e) if e.result == pb::Result::Ok as i32 => e,
+            other => panic!("enter {name}: {other:?}"),
+        };
+        drop(login);
+        // One login connection fewer, one world connection more.
+        self.wait_for_connections(|c| c.iter().sum::<usize>() == open);
+        Player {
+            id,
+            name: name.into(),
+            conn,
+            entered,
+        }
+    }
+
+    /// Open connections, all shards together.
+    pub fn open_connections(&self) -> usize {
+        self.connections().iter().sum()
+    }
+
     /// Shuts the server down and waits for it.
     pub fn stop(mut self) {
         if let Some(h) = self.handle.take() {
@@ -268,6 +324,11 @@ pub fn expect<T>(
             Err(e) => panic!("waiting for {what}: {e}"),
         }
     }
+}
+
+/// The next message on `conn`, whatever it is; panics if none comes within `WAIT`.
+pub fn next(conn: &mut Connection) -> ServerMessage {
+    conn.recv_timeout(WAIT).expect("a message from the server")
 }
 
 /// Sends `C_ENTER` on `conn` and returns the `S_ENTER` (the next message).
