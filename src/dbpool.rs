@@ -38,6 +38,17 @@ pub enum PoolError {
 
 type Job = Box<dyn FnOnce(&mut Services) + Send>;
 
+/// Where a job's answer is handed to the task waiting for it.
+///
+/// Without a route the DB thread completes the reply itself, waking the waiter from its own
+/// thread (right for executors whose wakers are meant for that, like tokio's). A glommio shard
+/// routes answers through its mailbox so that its tasks are only ever woken on their own thread.
+pub trait ReplyRoute: Send + Sync {
+    /// Runs `handover` where the waiter can be woken; dropping it instead resolves the reply to
+    /// [`PoolError::Stopped`].
+    fn deliver(&self, handover: Box<dyn FnOnce() + Send>);
+}
+
 enum Msg {
     Job(Job),
     /// Ends the one worker that receives it.
@@ -175,12 +186,27 @@ impl DbPool {
         if self.shared.stopping.load(Ordering::Acquire) {
             return Err(PoolError::Stopped);
         }
-        self.enqueue(job)
+        self.enqueue(None, job)
+    }
+
+    /// Like [`submit`](Self::submit), but the answer is handed over through `route` (a glommio
+    /// shard's mailbox), so the waiting task is woken on its own thread rather than by the DB
+    /// thread.
+    pub fn submit_routed<T: Send + 'static>(
+        &self,
+        route: Arc<dyn ReplyRoute>,
+        job: impl FnOnce(&mut Services) -> T + Send + 'static,
+    ) -> Result<DbReply<T>, PoolError> {
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Err(PoolError::Stopped);
+        }
+        self.enqueue(Some(route), job)
     }
 
     /// [`submit`](Self::submit) without the `stopping` check.
     fn enqueue<T: Send + 'static>(
         &self,
+        route: Option<Arc<dyn ReplyRoute>>,
         job: impl FnOnce(&mut Services) -> T + Send + 'static,
     ) -> Result<DbReply<T>, PoolError> {
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -193,7 +219,13 @@ impl DbPool {
                 PoolError::JobPanicked
             });
             // The caller may have given up waiting; that is fine.
-            let _ = reply_tx.send(outcome);
+            let handover = move || {
+                let _ = reply_tx.send(outcome);
+            };
+            match route {
+                Some(route) => route.deliver(Box::new(handover)),
+                None => handover(),
+            }
         });
         match self.tx.try_send(Msg::Job(wrapped)) {
             Ok(()) => Ok(DbReply { rx: reply_rx }),
@@ -356,6 +388,31 @@ mod tests {
     }
 
     #[test]
+    fn routed_answers_wait_for_the_route_to_hand_them_over() {
+        type Handover = Box<dyn FnOnce() + Send>;
+        struct Collect(Mutex<Vec<Handover>>, crossbeam_channel::Sender<()>);
+        impl ReplyRoute for Collect {
+            fn deliver(&self, handover: Handover) {
+                self.0.lock().unwrap().push(handover);
+                let _ = self.1.send(());
+            }
+        }
+        let pool = DbPool::start(1, 4, memory_services).unwrap();
+        let (delivered_tx, delivered_rx) = crossbeam_channel::unbounded();
+        let route = Arc::new(Collect(Mutex::new(Vec::new()), delivered_tx));
+        let mut reply = pool.submit_routed(route.clone(), |_| 7).unwrap();
+        delivered_rx.recv().unwrap();
+        // The job has run, but its answer waits for the route.
+        assert!(futures::FutureExt::now_or_never(&mut reply).is_none());
+        let handovers: Vec<Handover> = route.0.lock().unwrap().drain(..).collect();
+        for handover in handovers {
+            handover();
+        }
+        assert_eq!(block_on(reply), Ok(7));
+        pool.shutdown();
+    }
+
+    #[test]
     fn jobs_run_on_named_threads_and_answer() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig {
@@ -440,7 +497,7 @@ mod tests {
         let (blocked, gate) = blocker(&pool);
         pool.begin_shutdown();
         // What a submit racing with the flag could do: queue behind the Stop.
-        let late = pool.enqueue(|_| ()).unwrap();
+        let late = pool.enqueue(None, |_| ()).unwrap();
         gate.send(()).unwrap();
         pool.shutdown();
         block_on(blocked).unwrap();

@@ -8,7 +8,8 @@
 //! - [`net`]: a TCP stream whose vectored writes are one `sendmsg`.
 //! - [`split`]: read and write halves of one stream for two tasks of the same shard.
 //! - [`mesh`]: cross-shard event channels, connected at start-up, that never deadlock.
-//! - [`shutdown`]: one signal that reaches every shard.
+//! - [`mailbox`]: work from other threads (DB answers, shutdown) run on the shard's own thread.
+//! - [`shutdown`]: one signal that reaches every shard, through its mailbox.
 //! - [`guard`]: a panic in one session's task ends that session, not the shard.
 //!
 //! Nothing here knows the game: services are built on top.
@@ -16,6 +17,7 @@
 pub mod chunk;
 pub mod executor;
 pub mod guard;
+pub mod mailbox;
 pub mod mesh;
 pub mod net;
 pub mod outbox;

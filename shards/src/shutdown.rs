@@ -1,47 +1,77 @@
-//! One shutdown signal that every shard can await. glommio has no pool-wide shutdown (its issue
-//! #303), so the process fires this once (from a signal-handling thread, say) and each shard
-//! drains itself.
+//! One shutdown signal that reaches every shard. glommio has no pool-wide shutdown (its issue
+//! #303): the process fires this once (from a signal-handling thread, say) and each shard drains
+//! itself. The signal travels through each shard's [`Mailbox`](crate::mailbox::Mailbox), so the
+//! shard's tasks are woken on their own thread.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::channel::oneshot;
 use futures::future::{FutureExt, Shared};
 
-/// Fires the signal. Clones fire the same signal. When the last clone is dropped the signal
-/// fires too, so a lost owner never leaves shards waiting forever.
-#[derive(Debug, Clone)]
-pub struct ShutdownTrigger {
-    tx: Arc<Mutex<Option<oneshot::Sender<()>>>>,
+use crate::mailbox::MailboxSender;
+
+#[derive(Debug, Default)]
+struct Targets {
+    fired: bool,
+    shards: Vec<(MailboxSender, oneshot::Sender<()>)>,
 }
 
-/// Resolves once the signal has fired. Cheap to clone; `Send`, so it can go to every shard.
+impl Targets {
+    fn fire(&mut self) {
+        self.fired = true;
+        for (mailbox, tx) in self.shards.drain(..) {
+            // A stopped shard has no one left to tell.
+            let _ = mailbox.send(Box::new(move || {
+                let _ = tx.send(());
+            }));
+        }
+    }
+}
+
+impl Drop for Targets {
+    fn drop(&mut self) {
+        // The last trigger is gone: shards must not wait forever.
+        self.fire();
+    }
+}
+
+/// Fires the signal. Clones fire the same signal; when the last clone is dropped it fires too.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownTrigger {
+    targets: Arc<Mutex<Targets>>,
+}
+
+/// One shard's view of the signal: resolves once it has fired. `Send`, so it can be made before
+/// the shard starts; awaited only on that shard.
 #[derive(Debug, Clone)]
 pub struct ShutdownListener {
     rx: Shared<oneshot::Receiver<()>>,
 }
 
-/// A new, unfired signal.
-pub fn shutdown_signal() -> (ShutdownTrigger, ShutdownListener) {
-    let (tx, rx) = oneshot::channel();
-    (
-        ShutdownTrigger {
-            tx: Arc::new(Mutex::new(Some(tx))),
-        },
-        ShutdownListener { rx: rx.shared() },
-    )
-}
-
 impl ShutdownTrigger {
-    /// Fires the signal; later calls do nothing.
+    /// A new, unfired signal with no shard listening yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A listener for the shard whose mailbox is `mailbox`. Made after firing, it is already
+    /// fired once that mailbox runs.
+    pub fn listener(&self, mailbox: &MailboxSender) -> ShutdownListener {
+        let (tx, rx) = oneshot::channel();
+        let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        targets.shards.push((mailbox.clone(), tx));
+        if targets.fired {
+            targets.fire();
+        }
+        ShutdownListener { rx: rx.shared() }
+    }
+
+    /// Fires the signal; later calls do nothing more.
     pub fn fire(&self) {
-        let tx = self
-            .tx
+        self.targets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(tx) = tx {
-            let _ = tx.send(());
-        }
+            .fire();
     }
 }
 
@@ -51,7 +81,7 @@ impl ShutdownListener {
         let _ = self.rx.clone().await;
     }
 
-    /// True once the signal has fired (or its trigger is gone).
+    /// True once the signal has reached this shard.
     pub fn fired(&self) -> bool {
         self.rx.peek().is_some()
     }
@@ -60,24 +90,46 @@ impl ShutdownListener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::executor::block_on;
+    use crate::mailbox::mailbox;
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    fn shard_waiting_for(
+        listener: ShutdownListener,
+        mailbox: crate::mailbox::Mailbox,
+    ) -> glommio::ExecutorJoinHandle<bool> {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(64 * 1024)
+            .spawn(move || async move {
+                glommio::spawn_local(mailbox.run()).detach();
+                let before = listener.fired();
+                listener.wait().await;
+                !before && listener.fired()
+            })
+            .unwrap()
+    }
 
     #[test]
-    fn every_listener_wakes_once_fired() {
-        let (trigger, listener) = shutdown_signal();
-        let other = listener.clone();
-        assert!(!listener.fired());
-        let t2 = trigger.clone();
-        std::thread::spawn(move || t2.fire()).join().unwrap();
-        block_on(listener.wait());
-        block_on(other.wait());
-        trigger.fire();
+    fn every_shard_wakes_once_fired_from_another_thread() {
+        let trigger = ShutdownTrigger::new();
+        let shards: Vec<_> = (0..2)
+            .map(|_| {
+                let (sender, mb) = mailbox().unwrap();
+                shard_waiting_for(trigger.listener(&sender), mb)
+            })
+            .collect();
+        let t = trigger.clone();
+        std::thread::spawn(move || t.fire()).join().unwrap();
+        for shard in shards {
+            assert!(shard.join().unwrap());
+        }
     }
 
     #[test]
     fn dropping_every_trigger_fires() {
-        let (trigger, listener) = shutdown_signal();
+        let trigger = ShutdownTrigger::new();
+        let (sender, mb) = mailbox().unwrap();
+        let shard = shard_waiting_for(trigger.listener(&sender), mb);
         drop(trigger);
-        block_on(listener.wait());
+        assert!(shard.join().unwrap());
     }
 }

@@ -70,7 +70,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let (mut rd, mut wr) = split(stream);
     let flush_deadline = || Instant::now() + shard.config.server.close_flush_timeout();
     let Some((id, outbox)) = registered else {
-        tracing::warn!(shard = shard.id, ?peer, %service, "connection limit reached; refusing");
+        shard.note_refused(service);
         let outbox = Outbox::new(shard.config.server.send_queue_limit_bytes);
         let last = shard.encode(&disconnect(DisconnectReason::ServerFull, "server full"));
         outbox.close(last, false);

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::ExecutorJoinHandle;
-use shards::shutdown::{shutdown_signal, ShutdownTrigger};
+use shards::mailbox::{mailbox, Mailbox, MailboxSender};
+use shards::shutdown::{ShutdownListener, ShutdownTrigger};
 use shards::ShardSpec;
 
 use crate::config::Config;
@@ -44,6 +45,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// A shard's mailbox (a socketpair) could not be made.
+    #[error("cannot create a shard mailbox: {0}")]
+    Mailbox(std::io::Error),
     /// A shard could not start or failed.
     #[error(transparent)]
     Shard(#[from] shards::ShardError),
@@ -112,9 +116,18 @@ struct ShardInit {
     tls: Option<Arc<rustls::ServerConfig>>,
     pool: DbPool,
     mesh: MeshBuilder<crate::world::WorldEvent, glommio::channels::channel_mesh::Full>,
-    listeners: Arc<Mutex<Vec<Option<listen::ShardListeners>>>>,
-    shutdown: shards::shutdown::ShutdownListener,
+    own: Arc<Mutex<Vec<Option<ShardOwn>>>>,
     stats: Arc<Vec<ShardStats>>,
+}
+
+/// What belongs to one shard alone, handed over when it starts.
+struct ShardOwn {
+    sockets: listen::ShardListeners,
+    /// Where other threads send work for this shard (DB answers, the shutdown signal).
+    mailbox: Mailbox,
+    /// This shard's own address, for DB answers to come back to it.
+    replies: MailboxSender,
+    shutdown: ShutdownListener,
 }
 
 impl Clone for ShardInit {
@@ -124,8 +137,7 @@ impl Clone for ShardInit {
             tls: self.tls.clone(),
             pool: self.pool.clone(),
             mesh: self.mesh.clone(),
-            listeners: self.listeners.clone(),
-            shutdown: self.shutdown.clone(),
+            own: self.own.clone(),
             stats: self.stats.clone(),
         }
     }
@@ -149,12 +161,17 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let world = listen::bind_reuseport(config.server.world_addr, count)?;
     let login_addr = login.addr;
     let world_addr = world.addr;
-    let listeners = login
-        .sockets
-        .into_iter()
-        .zip(world.sockets)
-        .map(|(login, world)| Some(listen::ShardListeners { login, world }))
-        .collect();
+    let trigger = ShutdownTrigger::new();
+    let mut own = Vec::with_capacity(count);
+    for (login, world) in login.sockets.into_iter().zip(world.sockets) {
+        let (replies, mailbox) = mailbox().map_err(ServerError::Mailbox)?;
+        own.push(Some(ShardOwn {
+            sockets: listen::ShardListeners { login, world },
+            shutdown: trigger.listener(&replies),
+            mailbox,
+            replies,
+        }));
+    }
 
     let pool = DbPool::start(
         config.store.db_threads,
@@ -162,14 +179,12 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         crate::store::open_embedded(&config.store)?,
     )?;
     let stats: Arc<Vec<ShardStats>> = Arc::new((0..count).map(|_| ShardStats::default()).collect());
-    let (trigger, shutdown) = shutdown_signal();
     let init = ShardInit {
         mesh: MeshBuilder::full(count, config.shards.mesh_capacity),
         config: Arc::new(config),
         tls,
         pool: pool.clone(),
-        listeners: Arc::new(Mutex::new(listeners)),
-        shutdown,
+        own: Arc::new(Mutex::new(own)),
         stats: stats.clone(),
     };
     let shards = match shards::spawn_shards(&specs, move |spec| shard::run(spec, init.clone())) {
@@ -222,11 +237,8 @@ fn shard_specs(config: &Config) -> Vec<ShardSpec> {
         .collect()
 }
 
-/// Takes shard `id`'s listeners out of the shared list (each shard takes its own once).
-fn take_listeners(
-    all: &Mutex<Vec<Option<listen::ShardListeners>>>,
-    id: usize,
-) -> Option<listen::ShardListeners> {
+/// Takes shard `id`'s own parts out of the shared list (each shard takes its own once).
+fn take_own(all: &Mutex<Vec<Option<ShardOwn>>>, id: usize) -> Option<ShardOwn> {
     all.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .get_mut(id)

@@ -12,13 +12,14 @@ use futures_lite::future::or;
 use glommio::net::TcpListener;
 use glommio::sync::Gate;
 use hashbrown::HashMap;
+use shards::mailbox::MailboxSender;
 use shards::mesh::Mesh;
 use shards::outbox::{Outbox, PushError};
 use shards::shutdown::ShutdownListener;
 use shards::ShardSpec;
 
 use crate::config::Config;
-use crate::dbpool::{DbPool, PoolError};
+use crate::dbpool::{DbPool, PoolError, ReplyRoute};
 use crate::model::{AccountId, Position};
 use crate::protocol::pb::DisconnectReason;
 use crate::protocol::{ServerMessage, Service};
@@ -27,7 +28,7 @@ use crate::store::{ops, Services};
 use crate::world::{Action, ConnId, World, WorldEvent};
 
 use super::conn::{self, with_deadline};
-use super::{take_listeners, ShardInit, ShardStats};
+use super::{take_own, ShardInit, ShardStats};
 
 /// How long a shard remembers an account's newest entry after it left (see `World`).
 const ENTRY_MEMORY_MICROS: u64 = 10 * 60 * 1_000_000;
@@ -49,12 +50,23 @@ pub(super) enum DbFailure {
     Panicked,
 }
 
+/// DB answers for a shard come back through its mailbox, to be handed over on its own thread.
+struct MailboxRoute(MailboxSender);
+
+impl ReplyRoute for MailboxRoute {
+    fn deliver(&self, handover: Box<dyn FnOnce() + Send>) {
+        // A stopped shard has no one waiting any more.
+        let _ = self.0.send(handover);
+    }
+}
+
 /// A shard's state. Shared by its tasks through `Rc`; never leaves its thread.
 pub(super) struct Shard {
     pub(super) id: usize,
     pub(super) config: Arc<Config>,
     pub(super) tls: Option<futures_rustls::TlsAcceptor>,
     pool: DbPool,
+    replies: Arc<dyn ReplyRoute>,
     world: RefCell<World>,
     conns: RefCell<HashMap<ConnId, Outbox>>,
     next_conn: Cell<ConnId>,
@@ -64,18 +76,26 @@ pub(super) struct Shard {
     stats: Arc<Vec<ShardStats>>,
     gate: Gate,
     shutdown: ShutdownListener,
+    /// Connections refused at the limit since the last warning, and when that was.
+    refused: Cell<(u64, Option<Instant>)>,
 }
+
+/// At most one "connection limit reached" warning per shard this often.
+const REFUSED_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// The shard's main future: joins the mesh, accepts on both services until shutdown, then drains.
 pub(super) async fn run(spec: ShardSpec, init: ShardInit) {
-    let Some(listeners) = take_listeners(&init.listeners, spec.id) else {
-        tracing::error!(shard = spec.id, "no listening sockets for this shard");
+    let Some(own) = take_own(&init.own, spec.id) else {
+        tracing::error!(shard = spec.id, "nothing handed over to this shard");
         return;
     };
+    glommio::spawn_local(own.mailbox.run()).detach();
+    let listeners = own.sockets;
     let shard = Rc::new(Shard {
         id: spec.id,
         tls: init.tls.map(futures_rustls::TlsAcceptor::from),
         pool: init.pool,
+        replies: Arc::new(MailboxRoute(own.replies)),
         world: RefCell::new(World::new(u16::try_from(spec.id).unwrap_or(u16::MAX))),
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(1),
@@ -84,7 +104,8 @@ pub(super) async fn run(spec: ShardSpec, init: ShardInit) {
         actions: RefCell::new(Vec::new()),
         stats: init.stats,
         gate: Gate::new(),
-        shutdown: init.shutdown,
+        shutdown: own.shutdown,
+        refused: Cell::new((0, None)),
         config: init.config,
     });
     let receiver = shard.clone();
@@ -177,6 +198,25 @@ impl Shard {
         conns.insert(id, outbox.clone());
         self.stat_add(1);
         Some((id, outbox))
+    }
+
+    /// Counts a connection refused at the limit; warns now and then, not once per connection
+    /// (a flood must not flood the log too).
+    pub(super) fn note_refused(&self, service: Service) {
+        let (count, last) = self.refused.get();
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < REFUSED_WARNING_EVERY) {
+            self.refused.set((count + 1, last));
+            return;
+        }
+        tracing::warn!(
+            shard = self.id,
+            %service,
+            limit = self.config.server.max_connections_per_shard,
+            refused = count + 1,
+            "connection limit reached; refusing connections with SERVER_FULL"
+        );
+        self.refused.set((0, Some(now)));
     }
 
     /// Forgets a closed connection; a world session leaves the world.
@@ -315,11 +355,14 @@ impl Shard {
         &self,
         job: impl FnOnce(&mut Services) -> T + Send + 'static,
     ) -> Result<T, DbFailure> {
-        let reply = self.pool.submit(job).map_err(|e| match e {
-            PoolError::Busy => DbFailure::Busy,
-            PoolError::Stopped => DbFailure::Stopped,
-            PoolError::JobPanicked => DbFailure::Panicked,
-        })?;
+        let reply = self
+            .pool
+            .submit_routed(self.replies.clone(), job)
+            .map_err(|e| match e {
+                PoolError::Busy => DbFailure::Busy,
+                PoolError::Stopped => DbFailure::Stopped,
+                PoolError::JobPanicked => DbFailure::Panicked,
+            })?;
         let deadline = Instant::now() + self.config.store.request_timeout();
         match with_deadline(deadline, reply).await {
             None => Err(DbFailure::Timeout),
