@@ -578,3 +578,23 @@ fn client_that_resets_disturbs_no_one_and_is_forgotten() {
         }
     }
 }
+
+/// Every shard takes its listeners out of service at shutdown (the kernel would otherwise keep
+/// routing SO_REUSEPORT connections to a socket nobody accepts on). The kernel also cleans up
+/// after a closed listener on its own, so this holds the behaviour, not the mechanism.
+#[test]
+fn a_stopped_server_refuses_new_connections_on_both_services() {
+    let server = TestServer::start(false, |_| {});
+    let (login, world) = (server.login_addr(), server.world_addr());
+    // Both shards have been accepting (a pending accept on every listener).
+    let mut a = server.connect_on_shard(login, 0);
+    let mut b = server.connect_on_shard(world, 1);
+    ping(&mut a);
+    ping(&mut b);
+    drop((a, b));
+    server.stop();
+    for addr in [login, world] {
+        let err = std::net::TcpStream::connect(addr).expect_err("nothing listens after shutdown");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{addr}");
+    }
+}

@@ -119,27 +119,61 @@ pub(super) async fn run(spec: ShardSpec, init: ShardInit) {
         }
     }
     // SAFETY of from_raw_fd: each fd comes from a listener this shard owns and gives up here.
-    let login = unsafe { TcpListener::from_raw_fd(listeners.login.into_raw_fd()) };
-    let world = unsafe { TcpListener::from_raw_fd(listeners.world.into_raw_fd()) };
-    glommio::spawn_local(accept_loop(shard.clone(), login, Service::Login)).detach();
-    glommio::spawn_local(accept_loop(shard.clone(), world, Service::World)).detach();
+    let login_fd = listeners.login.into_raw_fd();
+    let world_fd = listeners.world.into_raw_fd();
+    let login = Rc::new(unsafe { TcpListener::from_raw_fd(login_fd) });
+    let world = Rc::new(unsafe { TcpListener::from_raw_fd(world_fd) });
+    let accepting = [
+        glommio::spawn_local(accept_loop(shard.clone(), login.clone(), Service::Login)),
+        glommio::spawn_local(accept_loop(shard.clone(), world.clone(), Service::World)),
+    ];
     glommio::spawn_local(save_loop(shard.clone())).detach();
     tracing::debug!(shard = spec.id, core = ?spec.core, "shard serving");
 
     shard.shutdown.wait().await;
+    stop_listening(shard.id, &[login_fd, world_fd]);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    if with_deadline(deadline, futures::future::join_all(accepting))
+        .await
+        .is_none()
+    {
+        tracing::warn!(shard = spec.id, "accept loops did not stop in time");
+    }
     shard.drain().await;
+    // The listeners (and so their fds) live until here, past `stop_listening`.
+    drop((login, world));
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, service: Service) {
+/// Stops listening on this shard's sockets: the kernel takes them out of the SO_REUSEPORT group
+/// (new connections go to shards still serving) and completes the pending accepts with an error,
+/// which ends the accept loops.
+///
+/// Why not just drop the pending accept: glommio submits it to io_uring with an address buffer
+/// that is freed with the executor, while the kernel cancels in-flight requests only after the
+/// ring is closed; an accept still pending then can write a peer address into freed memory
+/// (seen as a heap corruption at thread exit). And a closed-but-pending listener would keep
+/// being handed connections that nobody accepts.
+fn stop_listening(shard: usize, fds: &[std::os::fd::RawFd]) {
+    for &fd in fds {
+        // SAFETY: the listener owning `fd` is alive in the caller for this whole call.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if let Err(e) = socket2::SockRef::from(&borrowed).shutdown(std::net::Shutdown::Both) {
+            tracing::warn!(shard, error = %e, "cannot stop a listening socket");
+        }
+    }
+}
+
+/// Accepts connections until the listener is stopped at shutdown. The pending accept is never
+/// dropped (see `stop_listening`).
+async fn accept_loop(shard: Rc<Shard>, listener: Rc<TcpListener>, service: Service) {
     loop {
-        let accepted = or(async { Some(listener.accept().await) }, async {
-            shard.shutdown.wait().await;
-            None
-        })
-        .await;
+        let accepted = listener.accept().await;
+        if shard.shutdown.fired() {
+            // Stopped; a connection accepted in the same instant is closed with the loop.
+            break;
+        }
         match accepted {
-            None => break,
-            Some(Ok(stream)) => {
+            Ok(stream) => {
                 match shard
                     .gate
                     .spawn(conn::serve(shard.clone(), stream, service))
@@ -150,13 +184,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, service: Service) 
                     Err(_) => break, // the gate is closed: shutting down
                 }
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 // Out of file descriptors, say: back off a little instead of spinning.
                 tracing::warn!(shard = shard.id, %service, error = %e, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+    tracing::debug!(shard = shard.id, %service, "stopped accepting");
 }
 
 async fn save_loop(shard: Rc<Shard>) {
