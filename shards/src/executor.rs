@@ -96,3 +96,64 @@ pub fn join_shards<T: Send + 'static>(
         None => Ok(out),
     }
 }
+
+/// Lets the shards of a pool leave together. glommio notifies a peer's executor when a channel
+/// end is dropped, and that is not safe once the peer has exited; so every shard, after closing
+/// its channels, arrives here and waits for the others before its executor exits.
+#[derive(Debug, Clone)]
+pub struct ExitGate {
+    state: std::sync::Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>,
+    total: usize,
+}
+
+impl ExitGate {
+    /// A gate for `total` shards.
+    pub fn new(total: usize) -> Self {
+        Self {
+            state: Default::default(),
+            total,
+        }
+    }
+
+    /// Arrives and waits until every shard has arrived, at most `timeout`; false on timeout
+    /// (a shard that died). Blocks the calling thread: call it as a shard's very last step.
+    pub fn arrive_and_wait(&self, timeout: std::time::Duration) -> bool {
+        let (count, all_here) = &*self.state;
+        let mut arrived = count
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *arrived += 1;
+        all_here.notify_all();
+        let (arrived, result) = all_here
+            .wait_timeout_while(arrived, timeout, |n| *n < self.total)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(arrived);
+        !result.timed_out()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn every_shard_leaves_once_all_have_arrived() {
+        let gate = ExitGate::new(3);
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let gate = gate.clone();
+                std::thread::spawn(move || gate.arrive_and_wait(Duration::from_secs(10)))
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_missing_shard_times_out_instead_of_hanging() {
+        let gate = ExitGate::new(2);
+        assert!(!gate.arrive_and_wait(Duration::from_millis(20)));
+    }
+}

@@ -24,4 +24,4 @@ pub mod outbox;
 pub mod shutdown;
 pub mod split;
 
-pub use executor::{spawn_shards, ShardError, ShardSpec};
+pub use executor::{spawn_shards, ExitGate, ShardError, ShardSpec};

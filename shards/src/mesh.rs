@@ -8,7 +8,9 @@
 
 use std::rc::Rc;
 
-use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use std::cell::RefCell;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 
 /// The mesh could not be joined.
@@ -17,11 +19,13 @@ use glommio::channels::local_channel::{self, LocalSender};
 pub struct MeshError;
 
 /// This shard's end of the mesh.
-pub struct Mesh<T> {
+pub struct Mesh<T: Send> {
     peers: Vec<LocalSender<T>>,
+    senders: Rc<Senders<T>>,
+    receiving: RefCell<Vec<glommio::task::JoinHandle<()>>>,
 }
 
-impl<T> std::fmt::Debug for Mesh<T> {
+impl<T: Send> std::fmt::Debug for Mesh<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mesh")
             .field("peers", &self.peers.len())
@@ -38,14 +42,17 @@ impl<T: Send + Clone + 'static> Mesh<T> {
     ) -> Result<Self, MeshError> {
         let (senders, mut receivers) = builder.join().await.map_err(|_| MeshError)?;
         let handler = Rc::new(handler);
+        let mut receiving = Vec::new();
         for (_, receiver) in receivers.streams() {
             let handler = handler.clone();
-            glommio::spawn_local(async move {
-                while let Some(event) = receiver.recv().await {
-                    handler(event);
-                }
-            })
-            .detach();
+            receiving.push(
+                glommio::spawn_local(async move {
+                    while let Some(event) = receiver.recv().await {
+                        handler(event);
+                    }
+                })
+                .detach(),
+            );
         }
         let senders = Rc::new(senders);
         let mut peers = Vec::new();
@@ -66,7 +73,25 @@ impl<T: Send + Clone + 'static> Mesh<T> {
             .detach();
             peers.push(tx);
         }
-        Ok(Self { peers })
+        Ok(Self {
+            peers,
+            senders,
+            receiving: RefCell::new(receiving),
+        })
+    }
+
+    /// Leaves the mesh: closes this shard's senders (peers' receivers end once they have taken
+    /// what was sent) and waits until every peer has closed its own, so this shard's receivers
+    /// have ended too. Every shard must call it before its executor exits, while all are still
+    /// running: glommio notifies a peer's executor when a channel end is dropped, and notifying
+    /// an executor that has already exited is not safe (its pending eventfd read may land in
+    /// freed memory). Events still queued for sending are dropped.
+    pub async fn close(&self) {
+        self.senders.close();
+        let receiving = std::mem::take(&mut *self.receiving.borrow_mut());
+        for task in receiving {
+            task.await;
+        }
     }
 
     /// Sends `event` to every other shard without waiting.

@@ -118,6 +118,7 @@ struct ShardInit {
     mesh: MeshBuilder<crate::world::WorldEvent, glommio::channels::channel_mesh::Full>,
     own: Arc<Mutex<Vec<Option<ShardOwn>>>>,
     stats: Arc<Vec<ShardStats>>,
+    exit: shards::ExitGate,
 }
 
 /// What belongs to one shard alone, handed over when it starts.
@@ -139,6 +140,7 @@ impl Clone for ShardInit {
             mesh: self.mesh.clone(),
             own: self.own.clone(),
             stats: self.stats.clone(),
+            exit: self.exit.clone(),
         }
     }
 }
@@ -186,6 +188,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         pool: pool.clone(),
         own: Arc::new(Mutex::new(own)),
         stats: stats.clone(),
+        exit: shards::ExitGate::new(count),
     };
     let shards = match shards::spawn_shards(&specs, move |spec| shard::run(spec, init.clone())) {
         Ok(handles) => handles,

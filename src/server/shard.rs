@@ -142,6 +142,28 @@ pub(super) async fn run(spec: ShardSpec, init: ShardInit) {
     shard.drain().await;
     // The listeners (and so their fds) live until here, past `stop_listening`.
     drop((login, world));
+    leave_together(&shard, &init.exit).await;
+}
+
+/// Closes this shard's mesh channels and waits for every other shard to do the same before the
+/// executor exits: glommio notifies a peer's executor when a channel end goes away, which is not
+/// safe once that peer has exited (see `Mesh::close`).
+async fn leave_together(shard: &Shard, exit: &shards::ExitGate) {
+    let grace = shard.config.server.shutdown_grace();
+    if let Some(mesh) = shard.mesh.get() {
+        if with_deadline(Instant::now() + grace, mesh.close())
+            .await
+            .is_none()
+        {
+            tracing::warn!(
+                shard = shard.id,
+                "other shards did not close their channels in time"
+            );
+        }
+    }
+    if !exit.arrive_and_wait(grace) {
+        tracing::warn!(shard = shard.id, "other shards did not stop in time");
+    }
 }
 
 /// Stops listening on this shard's sockets: the kernel takes them out of the SO_REUSEPORT group
