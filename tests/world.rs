@@ -30,6 +30,25 @@ fn unlimited_rates(config: &mut Config) {
     config.rate.move_burst = 1_000_000;
 }
 
+/// Receives on `conn` until a chat starting with `prefix` has arrived from every player in
+/// `ids`; returns every message received.
+fn recv_until_chat_from_all(
+    conn: &mut Connection,
+    what: &str,
+    prefix: &str,
+    ids: &[u64],
+) -> Vec<ServerMessage> {
+    let mut heard = HashSet::new();
+    recv_until(conn, what, |m| {
+        if let ServerMessage::Chat(c) = m {
+            if c.text.starts_with(prefix) {
+                heard.insert(c.player_id);
+            }
+        }
+        ids.iter().all(|id| heard.contains(id))
+    })
+}
+
 /// Receives on `conn` until `done` accepts a message; returns every message received, the
 /// accepted one last. Panics when nothing arrives for `WAIT`.
 fn recv_until(
@@ -277,15 +296,7 @@ fn chat_reaches_everyone_once(tls: bool) {
     }
     let names: Vec<String> = players.iter().map(|p| p.name.clone()).collect();
     for (p, view) in players.iter_mut().zip(views.iter_mut()) {
-        let mut ends = HashSet::new();
-        let msgs = recv_until(&mut p.conn, "every end marker", |m| {
-            if let ServerMessage::Chat(c) = m {
-                if c.text.starts_with("end ") {
-                    ends.insert(c.player_id);
-                }
-            }
-            ends.len() == ids.len()
-        });
+        let msgs = recv_until_chat_from_all(&mut p.conn, "every end marker", "end ", &ids);
         view.apply_all(&msgs);
         for (id, name) in ids.iter().zip(&names) {
             let line = format!("hello from {name}");
@@ -428,15 +439,12 @@ fn despawn_on_leave(reset: bool) {
         p.chat(&format!("still here: {}", p.name));
     }
     for (w, view) in players.iter_mut().zip(views.iter_mut()) {
-        let mut heard = HashSet::new();
-        let msgs = recv_until(&mut w.conn, "both chats after the departures", |m| {
-            if let ServerMessage::Chat(c) = m {
-                if c.text.starts_with("still here: ") {
-                    heard.insert(c.player_id);
-                }
-            }
-            heard.len() == ids.len()
-        });
+        let msgs = recv_until_chat_from_all(
+            &mut w.conn,
+            "both chats after the departures",
+            "still here: ",
+            &ids,
+        );
         view.apply_all(&msgs);
         assert_eq!(
             view.ids(),
