@@ -26,24 +26,20 @@ fn message(payload: Box<dyn Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use glommio::{LocalExecutorBuilder, Placement};
 
     #[test]
     fn a_panicking_task_ends_alone_and_the_executor_keeps_running() {
-        let handle = LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(64 * 1024)
-            .spawn(|| async {
-                let (tx, rx) = glommio::channels::local_channel::new_bounded::<u32>(1);
-                let panicking = glommio::spawn_local(contain_panic(async {
-                    glommio::yield_if_needed().await;
-                    panic!("session bug {}", 7);
-                }));
-                let healthy = glommio::spawn_local(async move { rx.recv().await });
-                let caught = panicking.await;
-                tx.send(42).await.unwrap();
-                (caught, healthy.await)
-            })
-            .unwrap();
+        let handle = crate::executor::test_shard(|| async {
+            let (tx, rx) = glommio::channels::local_channel::new_bounded::<u32>(1);
+            let panicking = glommio::spawn_local(contain_panic(async {
+                glommio::yield_if_needed().await;
+                panic!("session bug {}", 7);
+            }));
+            let healthy = glommio::spawn_local(async move { rx.recv().await });
+            let caught = panicking.await;
+            tx.send(42).await.unwrap();
+            (caught, healthy.await)
+        });
         let (caught, healthy) = handle.join().unwrap();
         assert_eq!(caught, Err("session bug 7".to_string()));
         assert_eq!(healthy, Some(42));

@@ -112,7 +112,6 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use glommio::{LocalExecutorBuilder, Placement};
     use std::sync::Mutex;
     use std::thread::ThreadId;
 
@@ -120,17 +119,14 @@ mod tests {
     fn work_from_another_thread_runs_on_the_shard_in_order_and_wakes_a_local_task() {
         let (sender, mailbox) = mailbox().unwrap();
         let (give_tx, give_rx) = crossbeam_channel::bounded(1);
-        let shard = LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(64 * 1024)
-            .spawn(move || async move {
-                glommio::spawn_local(mailbox.run()).detach();
-                let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
-                give_tx.send(done_tx).unwrap();
-                // Woken by a delivery that runs on this thread.
-                done_rx.await.unwrap();
-                std::thread::current().id()
-            })
-            .unwrap();
+        let shard = crate::executor::test_shard(move || async move {
+            glommio::spawn_local(mailbox.run()).detach();
+            let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
+            give_tx.send(done_tx).unwrap();
+            // Woken by a delivery that runs on this thread.
+            done_rx.await.unwrap();
+            std::thread::current().id()
+        });
         let done_tx = give_rx.recv().unwrap();
         let seen: Arc<Mutex<Vec<(u32, ThreadId)>>> = Arc::default();
         for i in 0..100 {
@@ -165,10 +161,7 @@ mod tests {
             .send(Box::new(move || flag.store(true, Ordering::SeqCst)))
             .unwrap();
         drop(sender);
-        let shard = LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(64 * 1024)
-            .spawn(move || mailbox.run())
-            .unwrap();
+        let shard = crate::executor::test_shard(move || mailbox.run());
         drop(other);
         shard.join().unwrap();
         assert!(ran.load(Ordering::SeqCst));

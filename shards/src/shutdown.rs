@@ -91,21 +91,17 @@ impl ShutdownListener {
 mod tests {
     use super::*;
     use crate::mailbox::mailbox;
-    use glommio::{LocalExecutorBuilder, Placement};
 
     fn shard_waiting_for(
         listener: ShutdownListener,
         mailbox: crate::mailbox::Mailbox,
     ) -> glommio::ExecutorJoinHandle<bool> {
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(64 * 1024)
-            .spawn(move || async move {
-                glommio::spawn_local(mailbox.run()).detach();
-                let before = listener.fired();
-                listener.wait().await;
-                !before && listener.fired()
-            })
-            .unwrap()
+        crate::executor::test_shard(move || async move {
+            glommio::spawn_local(mailbox.run()).detach();
+            let before = listener.fired();
+            listener.wait().await;
+            !before && listener.fired()
+        })
     }
 
     #[test]

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::ExecutorJoinHandle;
 use shards::mailbox::{mailbox, Mailbox, MailboxSender};
 use shards::shutdown::{ShutdownListener, ShutdownTrigger};
@@ -115,7 +114,6 @@ struct ShardInit {
     config: Arc<Config>,
     tls: Option<Arc<rustls::ServerConfig>>,
     pool: DbPool,
-    mesh: MeshBuilder<crate::world::WorldEvent, glommio::channels::channel_mesh::Full>,
     own: Arc<Mutex<Vec<Option<ShardOwn>>>>,
     stats: Arc<Vec<ShardStats>>,
     exit: shards::ExitGate,
@@ -124,6 +122,8 @@ struct ShardInit {
 /// What belongs to one shard alone, handed over when it starts.
 struct ShardOwn {
     sockets: listen::ShardListeners,
+    /// This shard's ends of the channels to and from every other shard.
+    mesh: shards::mesh::MeshEnds<crate::world::WorldEvent>,
     /// Where other threads send work for this shard (DB answers, the shutdown signal).
     mailbox: Mailbox,
     /// This shard's own address, for DB answers to come back to it.
@@ -137,7 +137,6 @@ impl Clone for ShardInit {
             config: self.config.clone(),
             tls: self.tls.clone(),
             pool: self.pool.clone(),
-            mesh: self.mesh.clone(),
             own: self.own.clone(),
             stats: self.stats.clone(),
             exit: self.exit.clone(),
@@ -165,10 +164,12 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let world_addr = world.addr;
     let trigger = ShutdownTrigger::new();
     let mut own = Vec::with_capacity(count);
-    for (login, world) in login.sockets.into_iter().zip(world.sockets) {
+    let meshes = shards::mesh::full_mesh(count, config.shards.mesh_capacity);
+    for ((login, world), mesh) in login.sockets.into_iter().zip(world.sockets).zip(meshes) {
         let (replies, mailbox) = mailbox().map_err(ServerError::Mailbox)?;
         own.push(Some(ShardOwn {
             sockets: listen::ShardListeners { login, world },
+            mesh,
             shutdown: trigger.listener(&replies),
             mailbox,
             replies,
@@ -182,7 +183,6 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     )?;
     let stats: Arc<Vec<ShardStats>> = Arc::new((0..count).map(|_| ShardStats::default()).collect());
     let init = ShardInit {
-        mesh: MeshBuilder::full(count, config.shards.mesh_capacity),
         config: Arc::new(config),
         tls,
         pool: pool.clone(),

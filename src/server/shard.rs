@@ -109,15 +109,8 @@ pub(super) async fn run(spec: ShardSpec, init: ShardInit) {
         config: init.config,
     });
     let receiver = shard.clone();
-    match Mesh::join(init.mesh, move |event| receiver.on_remote(event)).await {
-        Ok(mesh) => {
-            let _ = shard.mesh.set(mesh);
-        }
-        Err(e) => {
-            tracing::error!(shard = spec.id, error = %e, "shard cannot join the mesh");
-            return;
-        }
-    }
+    let mesh = Mesh::join(own.mesh, move |event| receiver.on_remote(event)).await;
+    let _ = shard.mesh.set(mesh);
     // SAFETY of from_raw_fd: each fd comes from a listener this shard owns and gives up here.
     let login_fd = listeners.login.into_raw_fd();
     let world_fd = listeners.world.into_raw_fd();
