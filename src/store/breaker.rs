@@ -1,0 +1,133 @@
+//! A circuit breaker shared by every connection to one server (MySQL or Redis): after a
+//! connection failed, calls fail at once for a short while instead of each waiting for its own
+//! timeout, so that requests answer `SERVER_BUSY` quickly and the DB pool's queue does not fill
+//! up behind a dead server. It also logs the outage once when it starts and once when it ends.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::StoreError;
+
+/// Outage state of one server, shared by all its connections.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    /// "MySQL" or "Redis", for messages.
+    what: &'static str,
+    /// Where the server is, without any password.
+    target: String,
+    retry_after: Duration,
+    /// Fast path: false while the server is known to be fine.
+    down: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Calls fail at once until then.
+    open_until: Option<Instant>,
+    /// Why the last attempt failed.
+    reason: String,
+    /// When the current outage started.
+    down_since: Option<Instant>,
+}
+
+impl Breaker {
+    /// A closed breaker for server `what` at `target` (already redacted).
+    pub(crate) fn new(what: &'static str, target: String, retry_after: Duration) -> Self {
+        Self {
+            what,
+            target,
+            retry_after,
+            down: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Where the server is (no password), for messages.
+    pub(crate) fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// `Err(Unavailable)` while calls should not even try; `Ok` when they may.
+    pub(crate) fn check(&self) -> Result<(), StoreError> {
+        if !self.down.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let state = self.lock();
+        match state.open_until {
+            Some(until) if Instant::now() < until => Err(self.unavailable(&state.reason)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failed connection or call; the first failure of an outage is logged (with the
+    /// reason, never a password: `reason` comes from the client library, which does not print
+    /// credentials, and `target` is redacted). Returns the error to hand to the caller.
+    pub(crate) fn failed(&self, reason: &str) -> StoreError {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.open_until = Some(now + self.retry_after);
+        state.reason = reason.to_owned();
+        if state.down_since.is_none() {
+            state.down_since = Some(now);
+            tracing::warn!(
+                server = self.what,
+                target = %self.target,
+                reason,
+                "store unreachable: requests that need it answer SERVER_BUSY until it is back"
+            );
+        }
+        self.down.store(true, Ordering::Release);
+        self.unavailable(reason)
+    }
+
+    /// Records a successful call; ends an outage (logged with its length).
+    pub(crate) fn succeeded(&self) {
+        if !self.down.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.lock();
+        if let Some(since) = state.down_since.take() {
+            tracing::info!(
+                server = self.what,
+                target = %self.target,
+                down_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "store reachable again"
+            );
+        }
+        state.open_until = None;
+        self.down.store(false, Ordering::Release);
+    }
+
+    fn unavailable(&self, reason: &str) -> StoreError {
+        StoreError::Unavailable(format!("{} at {}: {reason}", self.what, self.target))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_opens_for_a_while_and_a_success_closes() {
+        let b = Breaker::new("Test", "t:1".into(), Duration::from_secs(3600));
+        b.check().unwrap();
+        let e = b.failed("connection refused");
+        assert!(matches!(&e, StoreError::Unavailable(m) if m.contains("connection refused")));
+        assert!(matches!(b.check(), Err(StoreError::Unavailable(_))));
+        b.succeeded();
+        b.check().unwrap();
+    }
+
+    #[test]
+    fn calls_may_try_again_after_the_wait() {
+        let b = Breaker::new("Test", "t:1".into(), Duration::ZERO);
+        b.failed("refused");
+        b.check().unwrap();
+    }
+}
