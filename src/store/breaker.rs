@@ -2,8 +2,12 @@
 //! connection failed, calls fail at once for a short while instead of each waiting for its own
 //! timeout, so that requests answer `SERVER_BUSY` quickly and the DB pool's queue does not fill
 //! up behind a dead server. It also logs the outage once when it starts and once when it ends.
+//!
+//! Every failure also starts a new connection *generation*: a connection opened before it is
+//! not trusted afterwards (the outage most likely killed it too), so once the server is back no
+//! request is spent discovering that a thread's old connection is dead.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -19,6 +23,8 @@ pub(crate) struct Breaker {
     retry_after: Duration,
     /// Fast path: false while the server is known to be fine.
     down: AtomicBool,
+    /// Bumped by every failure; see the module doc.
+    generation: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -40,6 +46,7 @@ impl Breaker {
             target,
             retry_after,
             down: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             state: Mutex::new(State::default()),
         }
     }
@@ -47,6 +54,12 @@ impl Breaker {
     /// Where the server is (no password), for messages.
     pub(crate) fn target(&self) -> &str {
         &self.target
+    }
+
+    /// The current connection generation: record it when opening a connection, and drop the
+    /// connection once [`generation`](Self::generation) has moved past it.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// `Err(Unavailable)` while calls should not even try; `Ok` when they may.
@@ -65,6 +78,7 @@ impl Breaker {
     /// reason, never a password: `reason` comes from the client library, which does not print
     /// credentials, and `target` is redacted). Returns the error to hand to the caller.
     pub(crate) fn failed(&self, reason: &str) -> StoreError {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let mut state = self.lock();
         let now = Instant::now();
         state.open_until = Some(now + self.retry_after);
@@ -117,7 +131,9 @@ mod tests {
     fn a_failure_opens_for_a_while_and_a_success_closes() {
         let b = Breaker::new("Test", "t:1".into(), Duration::from_secs(3600));
         b.check().unwrap();
+        let before = b.generation();
         let e = b.failed("connection refused");
+        assert!(b.generation() > before);
         assert!(matches!(&e, StoreError::Unavailable(m) if m.contains("connection refused")));
         assert!(matches!(b.check(), Err(StoreError::Unavailable(_))));
         b.succeeded();

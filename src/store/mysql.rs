@@ -126,7 +126,8 @@ impl MysqlTarget {
 /// One DB thread's MySQL connection, opened on first use and after any failure.
 pub struct MysqlAccountStore {
     target: Arc<MysqlTarget>,
-    conn: Option<Conn>,
+    /// The connection and the breaker generation it was opened in.
+    conn: Option<(Conn, u64)>,
 }
 
 impl std::fmt::Debug for MysqlAccountStore {
@@ -148,9 +149,14 @@ impl MysqlAccountStore {
     /// [`StoreError::AccountExists`]; any other error drops the connection.
     fn run<T>(&mut self, f: impl FnOnce(&mut Conn) -> mysql::Result<T>) -> Result<T, StoreError> {
         self.target.breaker.check()?;
+        let generation = self.target.breaker.generation();
+        if self.conn.as_ref().is_some_and(|(_, g)| *g != generation) {
+            // Opened before a failure: most likely dead too.
+            self.conn = None;
+        }
         let conn = match self.conn.as_mut() {
-            Some(conn) => conn,
-            None => self.conn.insert(self.target.connect()?),
+            Some((conn, _)) => conn,
+            None => &mut self.conn.insert((self.target.connect()?, generation)).0,
         };
         match f(conn) {
             Ok(v) => {

@@ -95,7 +95,8 @@ impl RedisTarget {
 /// and after any failure.
 pub struct RedisTokenStore {
     target: Arc<RedisTarget>,
-    conn: Option<Connection>,
+    /// The connection and the breaker generation it was opened in.
+    conn: Option<(Connection, u64)>,
 }
 
 impl std::fmt::Debug for RedisTokenStore {
@@ -128,12 +129,17 @@ impl RedisTokenStore {
         f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         self.target.breaker.check()?;
-        if self.conn.is_none() {
-            let conn = self.connect().map_err(|e| self.failed(&e))?;
-            self.conn = Some(conn);
+        let generation = self.target.breaker.generation();
+        if self.conn.as_ref().is_some_and(|(_, g)| *g != generation) {
+            // Opened before a failure: most likely dead too.
+            self.conn = None;
         }
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(StoreError::Internal("redis connection missing".into()));
+        let conn = match self.conn.as_mut() {
+            Some((conn, _)) => conn,
+            None => {
+                let conn = self.connect().map_err(|e| self.failed(&e))?;
+                &mut self.conn.insert((conn, generation)).0
+            }
         };
         match f(conn) {
             Ok(v) => {
