@@ -148,6 +148,10 @@ fn wait_writer(
 }
 
 fn mysql_outage(fault: Fault) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
     let db = TestDb::create(&format!("outage_{fault:?}").to_lowercase());
     let proxy = FaultProxy::start(addr_of(&backends::mysql_server_url()));
     let via_proxy = format!("mysql://gameserver:gameserver@{}/{}", proxy.addr(), db.name);
@@ -503,4 +507,53 @@ fn redis_restarted_under_load_fails_fast_recovers_and_never_mismatches() {
         slowest < BUSY_WITHIN.as_millis() as u64,
         "a failing call took {slowest} ms"
     );
+}
+
+#[test]
+fn the_server_starts_while_mysql_and_redis_are_down_and_serves_once_they_are_back() {
+    let db = TestDb::create("start_down");
+    let mysql = FaultProxy::start(addr_of(&backends::mysql_server_url()));
+    let redis_proxy = FaultProxy::start(addr_of(&backends::redis_url()));
+    mysql.cut();
+    redis_proxy.cut();
+    let mysql_url = format!("mysql://gameserver:gameserver@{}/{}", mysql.addr(), db.name);
+    let server = TestServer::start(false, |c| {
+        c.store.kind = StoreKind::Mysql;
+        c.store.mysql_url = mysql_url;
+        c.store.retry_after_failure_ms = 200;
+        c.store.request_timeout_ms = 1500;
+        c.tokens = TokensConfig {
+            kind: TokensKind::Redis,
+            redis_url: format!("redis://{}", redis_proxy.addr()),
+            key_prefix: backends::key_prefix("start_down"),
+            ..TokensConfig::default()
+        };
+    });
+    let mut login = server.login_conn();
+    let r = register_within(&mut login, "alice", BUSY_WITHIN);
+    assert_eq!(r.result, Code::ServerBusy as i32, "{r:?}");
+    let l = login_within(&mut login, "alice", BUSY_WITHIN);
+    assert_eq!(l.result, Code::ServerBusy as i32, "{l:?}");
+
+    mysql.heal();
+    redis_proxy.heal();
+    // The first connection creates the schema; then everything works.
+    let deadline = Instant::now() + WAIT;
+    let alice = loop {
+        let r = register_within(&mut login, "alice", WAIT);
+        if r.result == Code::Ok as i32 {
+            break r.account_id;
+        }
+        assert_eq!(r.result, Code::ServerBusy as i32, "{r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "registration still busy after {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let l = login_until_ok(&mut login, "alice");
+    assert_eq!(l.account_id, alice);
+    let mut world = server.world_conn();
+    let e = enter_within(&mut world, &l.token, WAIT);
+    assert_eq!(e.result, Code::Ok as i32, "{e:?}");
 }

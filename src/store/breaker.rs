@@ -1,17 +1,24 @@
-//! A circuit breaker shared by every connection to one server (MySQL or Redis): after a
-//! connection failed, calls fail at once for a short while instead of each waiting for its own
-//! timeout, so that requests answer `SERVER_BUSY` quickly and the DB pool's queue does not fill
+//! A circuit breaker shared by every connection to one server (MySQL or Redis): after
+//! [`TRIP_AFTER`] failures in a row (one slow call under load is not an outage), calls fail at
+//! once for a short while instead of each waiting for its own timeout; then one call (and only
+//! one: the others still fail at once) probes the server, so that requests answer `SERVER_BUSY` quickly and the DB pool's queue does not fill
 //! up behind a dead server. It also logs the outage once when it starts and once when it ends.
 //!
-//! Every failure also starts a new connection *generation*: a connection opened before it is
-//! not trusted afterwards (the outage most likely killed it too), so once the server is back no
+//! Every trip also starts a new connection *generation*: a connection opened before it is not
+//! trusted afterwards (the outage most likely killed it too), so once the server is back no
 //! request is spent discovering that a thread's old connection is dead.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::StoreError;
+
+/// Failures in a row (from any connection to the server) that open the breaker.
+pub(crate) const TRIP_AFTER: u32 = 2;
+/// While one call probes an open breaker, the others fail at once; if the probe never reports
+/// back (its thread died), another call may probe after this long.
+const PROBE_GRACE: Duration = Duration::from_secs(10);
 
 /// Outage state of one server, shared by all its connections.
 #[derive(Debug)]
@@ -23,8 +30,10 @@ pub(crate) struct Breaker {
     retry_after: Duration,
     /// Fast path: false while the server is known to be fine.
     down: AtomicBool,
-    /// Bumped by every failure; see the module doc.
+    /// Bumped by every trip; see the module doc.
     generation: AtomicU64,
+    /// Failures since the last success.
+    in_a_row: AtomicU32,
     state: Mutex<State>,
 }
 
@@ -47,6 +56,7 @@ impl Breaker {
             retry_after,
             down: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            in_a_row: AtomicU32::new(0),
             state: Mutex::new(State::default()),
         }
     }
@@ -62,22 +72,32 @@ impl Breaker {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// `Err(Unavailable)` while calls should not even try; `Ok` when they may.
+    /// `Err(Unavailable)` while calls should not even try; `Ok` when they may. While the
+    /// breaker is open, one call at a time gets `Ok` after the wait (the probe); it must end in
+    /// [`failed`](Self::failed) or [`succeeded`](Self::succeeded) like any call.
     pub(crate) fn check(&self) -> Result<(), StoreError> {
         if !self.down.load(Ordering::Acquire) {
             return Ok(());
         }
-        let state = self.lock();
+        let mut state = self.lock();
+        let now = Instant::now();
         match state.open_until {
-            Some(until) if Instant::now() < until => Err(self.unavailable(&state.reason)),
-            _ => Ok(()),
+            Some(until) if now < until => Err(self.unavailable(&state.reason)),
+            _ => {
+                state.open_until = Some(now + PROBE_GRACE);
+                Ok(())
+            }
         }
     }
 
-    /// Records a failed connection or call; the first failure of an outage is logged (with the
-    /// reason, never a password: `reason` comes from the client library, which does not print
-    /// credentials, and `target` is redacted). Returns the error to hand to the caller.
+    /// Records a failed connection or call; the [`TRIP_AFTER`]th in a row opens the breaker,
+    /// and the first trip of an outage is logged (with the reason, never a password: `reason`
+    /// comes from the client library, which does not print credentials, and `target` is
+    /// redacted). Returns the error to hand to the caller.
     pub(crate) fn failed(&self, reason: &str) -> StoreError {
+        if self.in_a_row.fetch_add(1, Ordering::AcqRel) + 1 < TRIP_AFTER {
+            return self.unavailable(reason);
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
         let mut state = self.lock();
         let now = Instant::now();
@@ -98,6 +118,9 @@ impl Breaker {
 
     /// Records a successful call; ends an outage (logged with its length).
     pub(crate) fn succeeded(&self) {
+        if self.in_a_row.load(Ordering::Relaxed) != 0 {
+            self.in_a_row.store(0, Ordering::Release);
+        }
         if !self.down.load(Ordering::Acquire) {
             return;
         }
@@ -132,18 +155,40 @@ mod tests {
         let b = Breaker::new("Test", "t:1".into(), Duration::from_secs(3600));
         b.check().unwrap();
         let before = b.generation();
+        // One failure alone is not an outage.
         let e = b.failed("connection refused");
-        assert!(b.generation() > before);
         assert!(matches!(&e, StoreError::Unavailable(m) if m.contains("connection refused")));
+        b.check().unwrap();
+        assert_eq!(b.generation(), before);
+        b.failed("connection refused");
+        assert!(b.generation() > before);
         assert!(matches!(b.check(), Err(StoreError::Unavailable(_))));
         b.succeeded();
         b.check().unwrap();
     }
 
     #[test]
-    fn calls_may_try_again_after_the_wait() {
+    fn one_call_probes_after_the_wait() {
         let b = Breaker::new("Test", "t:1".into(), Duration::ZERO);
         b.failed("refused");
+        b.failed("refused");
+        b.check().unwrap();
+        // The probe is out: others still fail at once.
+        assert!(b.check().is_err());
+        b.failed("refused");
+        b.check().unwrap();
+        b.succeeded();
+        b.check().unwrap();
+        b.check().unwrap();
+    }
+
+    #[test]
+    fn a_success_between_failures_keeps_it_closed() {
+        let b = Breaker::new("Test", "t:1".into(), Duration::from_secs(3600));
+        for _ in 0..5 {
+            b.failed("slow");
+            b.succeeded();
+        }
         b.check().unwrap();
     }
 }

@@ -10,9 +10,13 @@
 //! architecture section says more.
 //!
 //! What it covers: lookups by username ([`AccountStore::find_by_username`], the login path).
-//! Every write through a [`CachedAccountStore`] that touches a cached account invalidates it
-//! (registration by name, position saves by id), after the write, and a lookup that raced with
-//! an invalidation does not put what it read back. Loading by id for entering the world
+//! Every write through a [`CachedAccountStore`] that touches a cached account keeps it
+//! coherent, after the write: a registration invalidates its name; a position save updates the
+//! entries it touches in place (write-through: invalidating would empty the cache of exactly the
+//! players who reconnect, since every player's position is saved when it leaves); a failed save
+//! leaves them as they are (the position writer retries it, and its success updates them; a
+//! failing store must not empty the cache it is the fallback for). A lookup that raced with any
+//! of these does not put what it read back. Loading by id for entering the world
 //! ([`AccountStore::load`]) always reads the store: another world process may have saved the
 //! position since, and a process-local cache cannot know.
 
@@ -218,6 +222,25 @@ impl AccountCache {
         }
     }
 
+    /// Sets the position of the cached entries of these accounts (after they were saved).
+    pub fn update_positions(&self, positions: &[(AccountId, Position)]) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let keys: Vec<(AccountId, Position, String)> = {
+            let map = lock(&self.keys_of_ids);
+            positions
+                .iter()
+                .filter_map(|(id, p)| map.get(id).map(|k| (*id, *p, k.clone())))
+                .collect()
+        };
+        for (id, position, key) in keys {
+            if let Some(entry) = lock(self.shard(&key)).get_mut(&key) {
+                if entry.record.id == id {
+                    entry.record.position = position;
+                }
+            }
+        }
+    }
+
     /// Removes every expired entry; returns how many.
     pub fn cleanup(&self) -> usize {
         let now = (self.clock)();
@@ -383,11 +406,15 @@ impl AccountStore for CachedAccountStore {
     }
 
     fn save_positions(&mut self, positions: &[(AccountId, Position)]) -> Result<(), StoreError> {
-        let saved = self.inner.save_positions(positions);
-        // Also after a failure: the write may have happened before the error came back.
-        self.cache
-            .invalidate_ids(positions.iter().map(|(id, _)| *id));
-        saved
+        self.inner.save_positions(positions)?;
+        // Non-finite positions were skipped by the store: not copied either.
+        let saved: Vec<_> = positions
+            .iter()
+            .filter(|(_, p)| p.is_finite())
+            .copied()
+            .collect();
+        self.cache.update_positions(&saved);
+        Ok(())
     }
 
     /// Reads from the store and caches what it read (eager preload).
@@ -525,7 +552,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_invalidate_what_they_cover() {
+    fn writes_keep_what_they_cover_coherent() {
         let (cache, _) = cache(&cfg(60, false, 100));
         let mut inner = SqliteAccountStore::open_in_memory().unwrap();
         let id = inner.create_account("Alice", "h").unwrap();
@@ -537,12 +564,19 @@ mod tests {
             y: 2.0,
             z: 3.0,
         };
+        // A position save updates the entry in place: still a hit, with the new position.
         s.save_positions(&[(id, moved)]).unwrap();
-        assert_eq!(cache.stats().entries, 0);
+        let hits = cache.stats().hits;
         assert_eq!(
             s.find_by_username("ALICE").unwrap().unwrap().position,
             moved
         );
+        assert_eq!(cache.stats().hits, hits + 1);
+        // Dropping by id (what a changed account would need).
+        cache.invalidate_ids([id]);
+        assert_eq!(cache.stats().entries, 0);
+        s.find_by_username("alice").unwrap();
+        assert_eq!(cache.stats().entries, 1);
         // Registering a clashing name goes to the store, and drops the entry.
         assert!(matches!(
             s.create_account("aLiCe", "h2"),
@@ -552,10 +586,14 @@ mod tests {
     }
 
     #[test]
-    fn a_lookup_racing_an_invalidation_does_not_fill_the_cache() {
+    fn a_lookup_racing_a_write_does_not_fill_the_cache() {
         let (c, _) = cache(&cfg(60, false, 100));
         let before = c.epoch();
         c.invalidate_ids([1]);
+        c.put(rec(1, "a"), before);
+        assert!(c.get("a").is_none());
+        let before = c.epoch();
+        c.update_positions(&[(1, Position::default())]);
         c.put(rec(1, "a"), before);
         assert!(c.get("a").is_none());
         c.put(rec(1, "a"), c.epoch());

@@ -107,7 +107,12 @@ impl MysqlTarget {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if !self.migrated.load(Ordering::Acquire) {
-                match migrate(&mut conn, MIGRATIONS) {
+                let migrated = migrate(&mut conn, MIGRATIONS);
+                if !matches!(&migrated, Err(MigrateError::Db(e)) if is_connectivity(e)) {
+                    // Answered: the server is up, whatever it said.
+                    self.breaker.succeeded();
+                }
+                match migrated {
                     Ok(_) => self.migrated.store(true, Ordering::Release),
                     Err(MigrateError::Db(e)) if is_connectivity(&e) => {
                         return Err(self.breaker.failed(&e.to_string()))
@@ -158,11 +163,14 @@ impl MysqlAccountStore {
             Some((conn, _)) => conn,
             None => &mut self.conn.insert((self.target.connect()?, generation)).0,
         };
-        match f(conn) {
-            Ok(v) => {
-                self.target.breaker.succeeded();
-                Ok(v)
-            }
+        let result = f(conn);
+        match &result {
+            Err(e) if is_connectivity(e) => {}
+            // Answered, with data or with an error: the server is up.
+            _ => self.target.breaker.succeeded(),
+        }
+        match result {
+            Ok(v) => Ok(v),
             Err(mysql::Error::MySqlError(e)) if e.code == ER_DUP_ENTRY => {
                 Err(StoreError::AccountExists)
             }

@@ -150,6 +150,7 @@ impl RedisTokenStore {
                 self.conn = None;
                 if e.kind() == redis::ErrorKind::TypeError {
                     // The server answered, with something this code cannot read.
+                    self.target.breaker.succeeded();
                     Err(StoreError::Internal(format!("redis: {e}")))
                 } else {
                     Err(self.failed(&e))

@@ -138,6 +138,7 @@ impl PositionWriter {
                 .fetch_add(positions.len() as u64, Ordering::Relaxed);
             return;
         }
+        let mut dropped = Vec::new();
         for &(player, position) in positions {
             let len = state.pending.len();
             match state.pending.get_mut(&player) {
@@ -145,19 +146,25 @@ impl PositionWriter {
                 None if len < shared.max_pending => {
                     state.pending.insert(player, position);
                 }
-                None => {
-                    tracing::warn!(
-                        player,
-                        ?position,
-                        pending = len,
-                        "position writer full: save dropped"
-                    );
-                    shared.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+                None => dropped.push((player, position)),
             }
         }
+        let pending = state.pending.len();
         drop(state);
         shared.wake.notify_all();
+        if !dropped.is_empty() {
+            shared
+                .dropped
+                .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            for (player, position) in dropped {
+                tracing::warn!(
+                    player,
+                    ?position,
+                    pending,
+                    "position writer full: save dropped"
+                );
+            }
+        }
     }
 
     /// The latest position of `player` not yet written, if any.
