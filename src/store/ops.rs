@@ -149,9 +149,13 @@ pub fn redeem_for_enter(
     let Some(redeemed) = s.tokens.redeem(token)? else {
         return Ok(None);
     };
+    // Asked before loading: the writer forgets a position only after the store has it, so
+    // either it answers here or the load below sees the write. (Asked after, a write finishing
+    // in between would be missed by both.)
+    let unsaved = s.writer.as_ref().and_then(|w| w.latest(redeemed.account));
     match s.accounts.load(redeemed.account) {
         Ok(Some(mut record)) => {
-            if let Some(position) = s.writer.as_ref().and_then(|w| w.latest(record.id)) {
+            if let Some(position) = unsaved {
                 record.position = position;
             }
             Ok(Some(record))
