@@ -292,50 +292,16 @@ fn writes(target: &Arc<MysqlTarget>, out: &mut Vec<Sample>) {
     out.push(sample);
 }
 
-/// `C_ENTER` per second through a real 2-shard server (plaintext, so that TLS handshakes do not
-/// dominate), tokens in Redis, accounts in MySQL. Tokens are put into Redis beforehand (a
-/// login costs an Argon2 hash, which is not what this measures); every client connection
-/// enters once and closes.
-fn entries(server_url: &str, redis_url: &str, window: usize, out: &mut Vec<Sample>) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("bench:{}:", std::process::id());
-    let mut config = Config::default();
-    config.server.login_addr = "127.0.0.1:0".parse().unwrap();
-    config.server.world_addr = "127.0.0.1:0".parse().unwrap();
-    config.server.max_connections_per_shard = 100_000;
-    config.shards.count = 2;
-    config.shards.pin = false;
-    config.shards.io_memory_kib = 64;
-    config.tls.enabled = false;
-    config.tls.cert_path = dir.path().join("server.pem");
-    config.tls.key_path = dir.path().join("server.key");
-    config.tls.ca_path = dir.path().join("ca.pem");
-    config.store = store_config(server_url);
-    config.store.db_threads = 8;
-    config.store.queue_capacity = 8192;
-    config.store.mysql_io_timeout_ms = 3000;
-    config.tokens = TokensConfig {
-        kind: TokensKind::Redis,
-        redis_url: redis_url.into(),
-        key_prefix: prefix.clone(),
-        ..TokensConfig::default()
-    };
-    let server = gameserver::server::start(config.clone()).expect("server starts");
-    let world = server.world_addr();
-
-    let total: u64 = 40_000;
-    let target = Arc::new(RedisTarget::new(&config.tokens, Duration::from_millis(500)).unwrap());
-    let tokens: Vec<String> = {
-        let mut s = RedisTokenStore::new(Arc::clone(&target));
-        (0..total)
-            .map(|i| {
-                let t = new_token();
-                s.issue(&t, 1 + (i % ACCOUNTS), Duration::from_secs(600))
-                    .unwrap();
-                t
-            })
-            .collect()
-    };
+/// Enters with every token of `tokens` through the world service at `world`: 4 client threads,
+/// each with `window` connections in flight; returns `C_ENTER{OK}`/s.
+fn measure_entries(
+    world: std::net::SocketAddr,
+    tokens: Vec<String>,
+    window: usize,
+    what: &str,
+    out: &mut Vec<Sample>,
+) -> f64 {
+    let total = tokens.len() as u64;
     let threads = 4; // each with `window` connections in flight
     let per_thread = total / threads;
     let tokens = Arc::new(tokens);
@@ -403,12 +369,66 @@ fn entries(server_url: &str, redis_url: &str, window: usize, out: &mut Vec<Sampl
     let rate = (total - refused) as f64 / wall.as_secs_f64();
     out.push(Sample {
         name: format!(
-            "C_ENTER through the server (tokens in Redis), {threads} clients x {window} connections in flight (latency: per entry within a window)"
+            "C_ENTER through the server ({what}), {threads} clients x {window} connections in flight (latency: per entry within a window)"
         ),
         nanos,
         wall,
         ops: total,
     });
+    rate
+}
+
+/// `C_ENTER` per second through a real 2-shard server (plaintext, so that TLS handshakes do not
+/// dominate), tokens in Redis, accounts in MySQL. Tokens are put into Redis beforehand (a
+/// login costs an Argon2 hash, which is not what this measures); every client connection
+/// enters once and closes.
+fn entries(server_url: &str, redis_url: &str, window: usize, out: &mut Vec<Sample>) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("bench:{}:", std::process::id());
+    let mut config = Config::default();
+    config.server.login_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.world_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.max_connections_per_shard = 100_000;
+    config.shards.count = 2;
+    config.shards.pin = false;
+    config.shards.io_memory_kib = 64;
+    config.tls.enabled = false;
+    config.tls.cert_path = dir.path().join("server.pem");
+    config.tls.key_path = dir.path().join("server.key");
+    config.tls.ca_path = dir.path().join("ca.pem");
+    config.store = store_config(server_url);
+    config.store.db_threads = 8;
+    config.store.queue_capacity = 8192;
+    config.store.mysql_io_timeout_ms = 3000;
+    config.tokens = TokensConfig {
+        kind: TokensKind::Redis,
+        redis_url: redis_url.into(),
+        key_prefix: prefix.clone(),
+        ..TokensConfig::default()
+    };
+    let server = gameserver::server::start(config.clone()).expect("server starts");
+    let world = server.world_addr();
+
+    let total: u64 = 40_000;
+    let target = Arc::new(RedisTarget::new(&config.tokens, Duration::from_millis(500)).unwrap());
+    let tokens: Vec<String> = {
+        let mut s = RedisTokenStore::new(Arc::clone(&target));
+        (0..total)
+            .map(|i| {
+                let t = new_token();
+                s.issue(&t, 1 + (i % ACCOUNTS), Duration::from_secs(600))
+                    .unwrap();
+                t
+            })
+            .collect()
+    };
+    let rate = measure_entries(
+        world,
+        tokens,
+        window,
+        "tokens in Redis, accounts in MySQL",
+        out,
+    );
     server.shutdown();
     server.wait().unwrap();
     rate
@@ -475,6 +495,73 @@ fn enter_path(server_url: &str, redis_url: &str, out: &mut Vec<Sample>) -> f64 {
     ops as f64 / wall.as_secs_f64()
 }
 
+/// The same entries on the embedded stores (SQLite, in-process tokens), as a baseline for what
+/// the server itself costs. Tokens come from real logins (Argon2 at a tiny cost), made before
+/// the measured part.
+fn entries_embedded(window: usize, out: &mut Vec<Sample>) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.login_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.world_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.max_connections_per_shard = 100_000;
+    config.shards.count = 2;
+    config.shards.pin = false;
+    config.shards.io_memory_kib = 64;
+    config.tls.enabled = false;
+    config.tls.cert_path = dir.path().join("server.pem");
+    config.tls.key_path = dir.path().join("server.key");
+    config.tls.ca_path = dir.path().join("ca.pem");
+    config.store.sqlite_path = dir.path().join("accounts.db");
+    config.store.db_threads = 8;
+    config.store.queue_capacity = 8192;
+    config.store.max_failed_logins = 0;
+    config.store.token_ttl_secs = 600;
+    config.store.argon2 = Argon2Config {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let server = gameserver::server::start(config).expect("server starts");
+    let (login, world) = (server.login_addr(), server.world_addr());
+    let per_thread = 2_500;
+    let tokens: Vec<String> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Connection::connect(login, None, Duration::from_secs(30)).unwrap();
+                let mut tokens = Vec::new();
+                for i in 0..per_thread {
+                    let name = format!("e{t}x{i}");
+                    c.send(&pb::CRegister {
+                        username: name.clone(),
+                        password: "password123".into(),
+                    })
+                    .unwrap();
+                    c.recv_timeout(Duration::from_secs(30)).unwrap();
+                    c.send(&pb::CLogin {
+                        username: name,
+                        password: "password123".into(),
+                    })
+                    .unwrap();
+                    match c.recv_timeout(Duration::from_secs(30)).unwrap() {
+                        ServerMessage::Login(l) if l.result == pb::Result::Ok as i32 => {
+                            tokens.push(l.token)
+                        }
+                        other => panic!("login: {other:?}"),
+                    }
+                }
+                tokens
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let rate = measure_entries(world, tokens, window, "embedded stores, baseline", out);
+    server.shutdown();
+    server.wait().unwrap();
+    rate
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     let server_url = env("GAMESERVER_TEST_MYSQL_URL")
@@ -497,6 +584,7 @@ fn main() {
     for window in [4, 16, 64] {
         rates.push((window, entries(&server_url, &redis_url, window, &mut out)));
     }
+    let baseline = entries_embedded(4, &mut out);
 
     println!();
     println!("| scenario | ops | avg µs | p50 µs | p99 µs | ops/s |");
@@ -527,6 +615,7 @@ fn main() {
             window * 4
         );
     }
+    println!("world entries on the embedded stores, 16 in flight: {baseline:.0} C_ENTER/s");
 
     let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&server_url).unwrap())
         .prefer_socket(false);
