@@ -114,10 +114,12 @@ fn open_accounts(cfg: &StoreConfig) -> Result<AccountsFactory, StoreError> {
             let target = Arc::new(MysqlTarget::new(cfg)?);
             match target.check() {
                 Ok(()) => tracing::info!(target = target.target(), "MySQL account store ready"),
-                // The breaker has logged why; the server starts and answers SERVER_BUSY.
-                Err(StoreError::Unavailable(_)) => tracing::warn!(
+                // The server starts anyway and answers SERVER_BUSY until MySQL is back.
+                Err(StoreError::Unavailable(reason)) => tracing::warn!(
                     target = target.target(),
-                    "MySQL unreachable at start; starting anyway, it is retried on every request"
+                    %reason,
+                    "MySQL unreachable at start; starting anyway: requests that need it answer \
+                     SERVER_BUSY until it is back"
                 ),
                 Err(e) => return Err(e),
             }
@@ -140,9 +142,11 @@ fn open_tokens(cfg: &TokensConfig, store: &StoreConfig) -> Result<TokensFactory,
             let target = Arc::new(RedisTarget::new(cfg, store.retry_after_failure())?);
             match target.ping() {
                 Ok(()) => tracing::info!(target = target.target(), "Redis token store ready"),
-                Err(_) => tracing::warn!(
+                Err(reason) => tracing::warn!(
                     target = target.target(),
-                    "Redis unreachable at start; starting anyway, it is retried on every request"
+                    %reason,
+                    "Redis unreachable at start; starting anyway: requests that need it answer \
+                     SERVER_BUSY until it is back"
                 ),
             }
             Ok(Arc::new(move || {
