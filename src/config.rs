@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::protocol::DEFAULT_MAX_CLIENT_FRAME;
 use crate::session::RateConfig;
-use crate::store::StoreConfig;
+use crate::store::{StoreConfig, StoreKind, TokensConfig, TokensKind};
 use crate::tls::TlsConfig;
 
 /// The whole configuration.
@@ -23,18 +23,58 @@ pub struct Config {
     pub shards: ShardsConfig,
     /// `[tls]`: certificates.
     pub tls: TlsConfig,
-    /// `[store]`: accounts, tokens and the DB pool.
+    /// `[store]`: accounts, the DB pool, the cache and the position writer.
     pub store: StoreConfig,
+    /// `[tokens]`: where enter tokens and failed-login counters live.
+    pub tokens: TokensConfig,
     /// `[rate]`: per-session request rates.
     pub rate: RateConfig,
     /// `[log]`: what is logged.
     pub log: LogConfig,
 }
 
+/// Which services a process serves (`[server] role`, or `gameserver serve --role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Only the login service: binds `login_addr` alone.
+    Login,
+    /// Only the world service: binds `world_addr` alone.
+    World,
+    /// Both services in one process (the default).
+    #[default]
+    Both,
+}
+
+impl Role {
+    /// True when this role serves the login service.
+    pub fn serves_login(self) -> bool {
+        matches!(self, Role::Login | Role::Both)
+    }
+
+    /// True when this role serves the world service.
+    pub fn serves_world(self) -> bool {
+        matches!(self, Role::World | Role::Both)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Login => "login",
+            Role::World => "world",
+            Role::Both => "both",
+        })
+    }
+}
+
 /// `[server]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
+    /// Which services this process serves; login and world may run as separate processes on
+    /// shared MySQL and Redis.
+    pub role: Role,
     /// Where the login service listens. Port 0 picks a free port (tests).
     pub login_addr: SocketAddr,
     /// Where the world service listens. Port 0 picks a free port (tests).
@@ -61,6 +101,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
+            role: Role::Both,
             login_addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
             world_addr: SocketAddr::from(([127, 0, 0, 1], 7001)),
             max_client_frame: DEFAULT_MAX_CLIENT_FRAME,
@@ -162,10 +203,15 @@ pub enum ConfigError {
         /// What TOML said, with line and column.
         message: String,
     },
-    /// A value is out of its range.
+    /// A value is out of its range, or the settings cannot work together.
     #[error("config: {0}")]
     Invalid(String),
 }
+
+/// Environment variable that overrides `store.mysql_url`.
+pub const MYSQL_URL_ENV: &str = "GAMESERVER_MYSQL_URL";
+/// Environment variable that overrides `tokens.redis_url`.
+pub const REDIS_URL_ENV: &str = "GAMESERVER_REDIS_URL";
 
 impl Config {
     /// Reads and checks a config file.
@@ -193,7 +239,23 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks the ranges serde cannot.
+    /// Applies the environment overrides ([`MYSQL_URL_ENV`], [`REDIS_URL_ENV`]) read through
+    /// `var` (`std::env::var` in the binary); an empty value counts as unset. Returns the names
+    /// of the variables applied.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Vec<&'static str> {
+        let mut applied = Vec::new();
+        if let Some(url) = var(MYSQL_URL_ENV).filter(|v| !v.is_empty()) {
+            self.store.mysql_url = url;
+            applied.push(MYSQL_URL_ENV);
+        }
+        if let Some(url) = var(REDIS_URL_ENV).filter(|v| !v.is_empty()) {
+            self.tokens.redis_url = url;
+            applied.push(REDIS_URL_ENV);
+        }
+        applied
+    }
+
+    /// Checks the ranges serde cannot, and that the settings can work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
         let invalid = |m: &str| Err(ConfigError::Invalid(m.into()));
@@ -221,8 +283,62 @@ impl Config {
         if self.rate.chat_per_sec <= 0.0 || self.rate.move_per_sec <= 0.0 {
             return invalid("rate.chat_per_sec and rate.move_per_sec must be above 0");
         }
+        self.validate_stores()
+    }
+
+    fn validate_stores(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let (store, tokens) = (&self.store, &self.tokens);
+        if needs_shared_tokens(self.server.role) && tokens.kind == TokensKind::Memory {
+            return invalid(format!(
+                "server.role = \"{}\" cannot work with [tokens] kind = \"memory\": a token \
+                 issued by a login process must be redeemable by a world process, so separate \
+                 roles need kind = \"redis\" (or run role \"both\")",
+                self.server.role
+            ));
+        }
+        if store.kind == StoreKind::Mysql {
+            if let Err(e) = crate::store::mysql::MysqlTarget::new(store) {
+                return invalid(e.to_string());
+            }
+            if store.mysql_connect_timeout_ms == 0 || store.mysql_io_timeout_ms == 0 {
+                return invalid(
+                    "store.mysql_connect_timeout_ms and mysql_io_timeout_ms must be above 0".into(),
+                );
+            }
+        }
+        if tokens.kind == TokensKind::Redis {
+            if let Err(e) =
+                crate::store::redis_tokens::RedisTarget::new(tokens, store.retry_after_failure())
+            {
+                return invalid(e.to_string());
+            }
+        }
+        let cache = &store.cache;
+        if cache.enabled
+            && (cache.ttl_secs == 0 || cache.max_entries == 0 || cache.cleanup_interval_ms == 0)
+        {
+            return invalid(
+                "store.cache: ttl_secs, max_entries and cleanup_interval_ms must be above 0".into(),
+            );
+        }
+        let writer = &store.writer;
+        if writer.max_pending == 0
+            || writer.retry_ms == 0
+            || !(1..=crate::store::mysql::MAX_ROWS_PER_STATEMENT).contains(&writer.batch_rows)
+        {
+            return invalid(format!(
+                "store.writer: max_pending and retry_ms must be above 0, batch_rows 1..={}",
+                crate::store::mysql::MAX_ROWS_PER_STATEMENT
+            ));
+        }
         Ok(())
     }
+}
+
+/// Separate login and world processes must share their tokens.
+fn needs_shared_tokens(role: Role) -> bool {
+    role != Role::Both
 }
 
 #[cfg(test)]
@@ -251,5 +367,82 @@ mod tests {
         assert!(Config::parse("[server]\nmax_client_frame = 3\n").is_err());
         assert!(Config::parse("[server]\nsend_queue_limit_bytes = 10\n").is_err());
         assert!(Config::parse("[store]\ndb_threads = 0\n").is_err());
+        assert!(Config::parse("[store.writer]\nbatch_rows = 0\n").is_err());
+        assert!(Config::parse("[store.cache]\nttl_secs = 0\n").is_err());
+    }
+
+    #[test]
+    fn separate_roles_with_in_process_tokens_are_refused() {
+        for role in ["login", "world"] {
+            let err = Config::parse(&format!("[server]\nrole = \"{role}\"\n")).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("redis") && msg.contains(role), "{msg}");
+            Config::parse(&format!(
+                "[server]\nrole = \"{role}\"\n[tokens]\nkind = \"redis\"\n"
+            ))
+            .unwrap();
+        }
+        assert_eq!(
+            Config::parse("[server]\nrole = \"both\"\n")
+                .unwrap()
+                .server
+                .role,
+            Role::Both
+        );
+        assert!(Config::parse("[server]\nrole = \"chat\"\n").is_err());
+    }
+
+    #[test]
+    fn unusable_urls_are_refused_without_showing_the_password() {
+        let err =
+            Config::parse("[store]\nkind = \"mysql\"\nmysql_url = \"postgres://u:s3cret@h/db\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("mysql_url") && !err.contains("s3cret"),
+            "{err}"
+        );
+        let err = Config::parse("[store]\nkind = \"mysql\"\nmysql_url = \"mysql://u:s3cret@h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no database") && !err.contains("s3cret"),
+            "{err}"
+        );
+        let err = Config::parse("[tokens]\nkind = \"redis\"\nredis_url = \"http://:s3cret@h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("redis_url") && !err.contains("s3cret"),
+            "{err}"
+        );
+        // URLs of a backend not in use are not checked.
+        Config::parse("[store]\nmysql_url = \"nonsense\"\n").unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_the_urls() {
+        let mut config = Config::default();
+        let env = |name: &str| match name {
+            MYSQL_URL_ENV => Some("mysql://a:b@db:1/x".to_string()),
+            REDIS_URL_ENV => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(config.apply_env(env), vec![MYSQL_URL_ENV]);
+        assert_eq!(config.store.mysql_url, "mysql://a:b@db:1/x");
+        assert_eq!(config.tokens.redis_url, TokensConfig::default().redis_url);
+    }
+
+    #[test]
+    fn shipped_mysql_redis_toml_parses() {
+        let text = include_str!("../config/mysql-redis.toml");
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.store.kind, StoreKind::Mysql);
+        assert_eq!(config.tokens.kind, TokensKind::Redis);
+        assert_eq!(
+            config.store.mysql_url,
+            "mysql://gameserver:gameserver@127.0.0.1:3306/gameserver"
+        );
+        assert_eq!(config.tokens.redis_url, "redis://127.0.0.1:6379");
     }
 }

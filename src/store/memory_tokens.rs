@@ -1,12 +1,13 @@
 //! The in-process [`TokenStore`]: a mutex-guarded map with expiry, bounded
-//! in size. Only DB pool threads touch it, never a shard, so the mutex is
-//! never held across a shard's event loop.
+//! in size, shared by the DB threads through an `Arc` (the store the
+//! embedded default uses; one process only). Only DB pool threads touch it,
+//! never a shard, so the mutex is never held across a shard's event loop.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{StoreError, TokenStore};
+use super::{Redeemed, StoreError, TokenStore};
 use crate::model::AccountId;
 
 /// Default bound on live tokens, and separately on failure counters.
@@ -79,19 +80,36 @@ impl MemoryTokenStore {
     }
 }
 
-impl TokenStore for MemoryTokenStore {
-    fn issue(&self, token: &str, account: AccountId, ttl: Duration) -> Result<(), StoreError> {
+impl MemoryTokenStore {
+    /// [`TokenStore::issue`] on the shared map.
+    pub fn issue(&self, token: &str, account: AccountId, ttl: Duration) -> Result<(), StoreError> {
+        if ttl.is_zero() {
+            return Ok(());
+        }
         let now = (self.clock)();
         let expires = deadline(now, ttl)?;
-        self.lock().tokens.insert(token, account, expires, now)
+        let mut inner = self.lock();
+        if inner.tokens.get_live_mut(token, now).is_some() {
+            return Err(StoreError::Internal("token already issued".into()));
+        }
+        inner.tokens.insert(token, account, expires, now)
     }
 
-    fn redeem(&self, token: &str) -> Result<Option<AccountId>, StoreError> {
+    /// [`TokenStore::redeem`] on the shared map.
+    pub fn redeem(&self, token: &str) -> Result<Option<Redeemed>, StoreError> {
         let now = (self.clock)();
-        Ok(self.lock().tokens.remove_live(token, now))
+        Ok(self
+            .lock()
+            .tokens
+            .remove_live(token, now)
+            .map(|(account, expires)| Redeemed {
+                account,
+                ttl_left: expires.duration_since(now),
+            }))
     }
 
-    fn note_failure(&self, key: &str, window: Duration) -> Result<u32, StoreError> {
+    /// [`TokenStore::note_failure`] on the shared map.
+    pub fn note_failure(&self, key: &str, window: Duration) -> Result<u32, StoreError> {
         let now = (self.clock)();
         let mut inner = self.lock();
         if let Some(count) = inner.failures.get_live_mut(key, now) {
@@ -103,7 +121,8 @@ impl TokenStore for MemoryTokenStore {
         Ok(1)
     }
 
-    fn failures(&self, key: &str) -> Result<u32, StoreError> {
+    /// [`TokenStore::failures`] on the shared map.
+    pub fn failures(&self, key: &str) -> Result<u32, StoreError> {
         let now = (self.clock)();
         Ok(self
             .lock()
@@ -112,9 +131,33 @@ impl TokenStore for MemoryTokenStore {
             .map_or(0, |c| *c))
     }
 
-    fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
+    /// [`TokenStore::clear_failures`] on the shared map.
+    pub fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
         self.lock().failures.remove(key);
         Ok(())
+    }
+}
+
+/// Each DB thread holds a clone of the `Arc`: all of them share one map.
+impl TokenStore for Arc<MemoryTokenStore> {
+    fn issue(&mut self, token: &str, account: AccountId, ttl: Duration) -> Result<(), StoreError> {
+        MemoryTokenStore::issue(self, token, account, ttl)
+    }
+
+    fn redeem(&mut self, token: &str) -> Result<Option<Redeemed>, StoreError> {
+        MemoryTokenStore::redeem(self, token)
+    }
+
+    fn note_failure(&mut self, key: &str, window: Duration) -> Result<u32, StoreError> {
+        MemoryTokenStore::note_failure(self, key, window)
+    }
+
+    fn failures(&mut self, key: &str) -> Result<u32, StoreError> {
+        MemoryTokenStore::failures(self, key)
+    }
+
+    fn clear_failures(&mut self, key: &str) -> Result<(), StoreError> {
+        MemoryTokenStore::clear_failures(self, key)
     }
 }
 
@@ -181,11 +224,9 @@ impl<V> ExpiringMap<V> {
             .max(MIN_SWEEP_THRESHOLD);
     }
 
-    /// Removes `key`, returning its value if it was still live.
-    fn remove_live(&mut self, key: &str, now: Instant) -> Option<V> {
-        self.entries
-            .remove(key)
-            .and_then(|(v, exp)| (exp > now).then_some(v))
+    /// Removes `key`, returning its value and expiry if it was still live.
+    fn remove_live(&mut self, key: &str, now: Instant) -> Option<(V, Instant)> {
+        self.entries.remove(key).filter(|(_, exp)| *exp > now)
     }
 
     /// The value of `key` if live; an expired entry is dropped.
@@ -248,15 +289,33 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(30);
 
+    /// Whose token `token` was, redeeming it.
+    fn who(s: &MemoryTokenStore, token: &str) -> Option<AccountId> {
+        s.redeem(token).unwrap().map(|r| r.account)
+    }
+
+    #[test]
+    fn redeemed_tokens_tell_their_time_left_and_can_be_put_back() {
+        let (s, clock) = store(10);
+        s.issue("t", 9, TTL).unwrap();
+        clock.advance(Duration::from_secs(10));
+        let r = s.redeem("t").unwrap().unwrap();
+        assert_eq!(r.account, 9);
+        assert_eq!(r.ttl_left, Duration::from_secs(20));
+        s.issue("t", r.account, r.ttl_left).unwrap();
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(who(&s, "t"), None);
+    }
+
     #[test]
     fn tokens_are_single_use() {
         let (s, _) = store(10);
         s.issue("t1", 7, TTL).unwrap();
         s.issue("t2", 8, TTL).unwrap();
-        assert_eq!(s.redeem("t1").unwrap(), Some(7));
-        assert_eq!(s.redeem("t1").unwrap(), None);
-        assert_eq!(s.redeem("unknown").unwrap(), None);
-        assert_eq!(s.redeem("t2").unwrap(), Some(8));
+        assert_eq!(who(&s, "t1"), Some(7));
+        assert_eq!(who(&s, "t1"), None);
+        assert_eq!(who(&s, "unknown"), None);
+        assert_eq!(who(&s, "t2"), Some(8));
     }
 
     #[test]
@@ -265,11 +324,11 @@ mod tests {
         s.issue("a", 1, TTL).unwrap();
         s.issue("b", 2, TTL).unwrap();
         clock.advance(TTL - Duration::from_millis(1));
-        assert_eq!(s.redeem("a").unwrap(), Some(1));
+        assert_eq!(who(&s, "a"), Some(1));
         clock.advance(Duration::from_millis(1));
-        assert_eq!(s.redeem("b").unwrap(), None);
+        assert_eq!(who(&s, "b"), None);
         s.issue("zero", 3, Duration::ZERO).unwrap();
-        assert_eq!(s.redeem("zero").unwrap(), None);
+        assert_eq!(who(&s, "zero"), None);
     }
 
     #[test]
@@ -316,19 +375,22 @@ mod tests {
             s.issue("d", 4, TTL),
             Err(StoreError::Unavailable(msg)) if msg == "token store full"
         ));
-        // Re-issuing an existing token needs no room.
-        s.issue("c", 3, TTL).unwrap();
+        // A live token is never replaced.
+        assert!(matches!(
+            s.issue("c", 4, TTL),
+            Err(StoreError::Internal(msg)) if msg == "token already issued"
+        ));
         // A redeemed token frees its slot.
-        assert_eq!(s.redeem("a").unwrap(), Some(1));
+        assert_eq!(who(&s, "a"), Some(1));
         s.issue("d", 4, TTL).unwrap();
         assert!(s.issue("e", 5, TTL).is_err());
         // Once "b" expires, a sweep makes room.
         clock.advance(Duration::from_secs(20));
         s.issue("e", 5, TTL).unwrap();
-        assert_eq!(s.redeem("b").unwrap(), None);
-        assert_eq!(s.redeem("c").unwrap(), Some(3));
-        assert_eq!(s.redeem("d").unwrap(), Some(4));
-        assert_eq!(s.redeem("e").unwrap(), Some(5));
+        assert_eq!(who(&s, "b"), None);
+        assert_eq!(who(&s, "c"), Some(3));
+        assert_eq!(who(&s, "d"), Some(4));
+        assert_eq!(who(&s, "e"), Some(5));
     }
 
     #[test]
@@ -357,7 +419,7 @@ mod tests {
         // Reaching the threshold sweeps every expired entry.
         s.issue("fresh", 2, TTL).unwrap();
         assert_eq!(s.lock().tokens.len(), 1);
-        assert_eq!(s.redeem("fresh").unwrap(), Some(2));
+        assert_eq!(who(&s, "fresh"), Some(2));
     }
 
     #[test]

@@ -1,25 +1,41 @@
 //! Account and token storage: the traits the services code against, their
-//! errors and configuration, and the embedded implementations.
+//! errors and configuration, and the implementations: embedded (SQLite
+//! accounts, in-process tokens) and production (MySQL accounts, Redis
+//! tokens), the account cache and the ordered position writer.
 //!
 //! Everything here is blocking and runs on the DB pool threads
-//! ([`crate::dbpool`]), never on a shard.
+//! ([`crate::dbpool`]) or the store's own threads, never on a shard.
 
-use std::path::PathBuf;
 use std::time::Duration;
-
-use serde::Deserialize;
 
 use crate::model::{AccountId, Position};
 
+pub mod backend;
+mod breaker;
+pub mod cache;
+pub mod config;
 pub mod memory_tokens;
+pub mod migrations;
+pub mod mysql;
 pub mod ops;
 pub mod password;
+pub mod redis_tokens;
 pub mod sqlite;
+pub mod writer;
 
+pub use backend::{open, Backend, StoreStats};
+pub use cache::{AccountCache, CacheStats, CachedAccountStore};
+pub use config::{
+    redact_url, Argon2Config, CacheConfig, StoreConfig, StoreKind, TokensConfig, TokensKind,
+    WriterConfig,
+};
 pub use memory_tokens::MemoryTokenStore;
-pub use ops::{open_embedded, LoginOutcome, RegisterOutcome, Services};
+pub use mysql::MysqlAccountStore;
+pub use ops::{LoginOutcome, RegisterOutcome, Services};
 pub use password::{new_token, PasswordHasher};
+pub use redis_tokens::RedisTokenStore;
 pub use sqlite::SqliteAccountStore;
+pub use writer::{PositionWriter, WriterStats};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,100 +50,6 @@ pub enum StoreError {
     /// Anything else: a bug, corrupt data or invalid configuration.
     #[error("store error: {0}")]
     Internal(String),
-}
-
-/// Which account store backs the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// SQLite file for accounts, in-process map for tokens and failure
-    /// counters.
-    #[default]
-    Embedded,
-}
-
-/// The `[store]` config section. Every field has a default, unknown fields
-/// are rejected.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StoreConfig {
-    /// Which store implementation to use.
-    pub kind: StoreKind,
-    /// Path of the SQLite accounts database; its parent directory is
-    /// created on open.
-    pub sqlite_path: PathBuf,
-    /// Number of DB pool threads (each with its own connection).
-    pub db_threads: usize,
-    /// Bound of the DB pool queue; a full queue rejects new jobs at once.
-    pub queue_capacity: usize,
-    /// How long a shard waits for a DB answer before replying SERVER_BUSY.
-    pub request_timeout_ms: u64,
-    /// Lifetime of an enter token issued by a login.
-    pub token_ttl_secs: u32,
-    /// Failed logins allowed per username and per address within
-    /// `failed_login_window_secs` before further logins are refused
-    /// without checking the password; 0 disables the limit.
-    pub max_failed_logins: u32,
-    /// Length of the failed-login counting window.
-    pub failed_login_window_secs: u32,
-    /// Password hashing cost.
-    pub argon2: Argon2Config,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            kind: StoreKind::Embedded,
-            sqlite_path: PathBuf::from("data/accounts.db"),
-            db_threads: 4,
-            queue_capacity: 1024,
-            request_timeout_ms: 2000,
-            token_ttl_secs: 30,
-            max_failed_logins: 5,
-            failed_login_window_secs: 300,
-            argon2: Argon2Config::default(),
-        }
-    }
-}
-
-impl StoreConfig {
-    /// The token lifetime as a [`Duration`].
-    pub fn token_ttl(&self) -> Duration {
-        Duration::from_secs(u64::from(self.token_ttl_secs))
-    }
-
-    /// The failed-login window as a [`Duration`].
-    pub fn failed_login_window(&self) -> Duration {
-        Duration::from_secs(u64::from(self.failed_login_window_secs))
-    }
-
-    /// The shard-side DB request timeout as a [`Duration`].
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-}
-
-/// Argon2id cost parameters (the `[store.argon2]` config section). Defaults
-/// follow the OWASP recommendation (19 MiB, 2 passes, 1 lane).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Argon2Config {
-    /// Memory cost in KiB.
-    pub memory_kib: u32,
-    /// Number of passes.
-    pub iterations: u32,
-    /// Degree of parallelism (lanes).
-    pub parallelism: u32,
-}
-
-impl Default for Argon2Config {
-    fn default() -> Self {
-        Self {
-            memory_kib: 19456,
-            iterations: 2,
-            parallelism: 1,
-        }
-    }
 }
 
 /// One stored account.
@@ -164,31 +86,51 @@ pub trait AccountStore: Send {
     /// Saves the positions of the given accounts in one transaction: either
     /// all are written or none. Ids without an account are ignored.
     fn save_positions(&mut self, positions: &[(AccountId, Position)]) -> Result<(), StoreError>;
+
+    /// Reads up to `limit` accounts, the most recently created or updated
+    /// first (an account cache in front keeps what it reads: eager preload).
+    fn most_recent(&mut self, limit: usize) -> Result<Vec<AccountRecord>, StoreError>;
 }
 
-/// Short-lived enter tokens and failed-login counters, shared by all DB pool
-/// threads.
-pub trait TokenStore: Send + Sync {
-    /// Stores `token` for `account`, valid for `ttl`. Replaces any previous
-    /// entry with the same token.
-    fn issue(&self, token: &str, account: AccountId, ttl: Duration) -> Result<(), StoreError>;
+/// A token that was redeemed: whose it was and how long it had left, so that
+/// a redemption whose enter then failed can be put back
+/// ([`TokenStore::issue`] with `ttl_left`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redeemed {
+    /// The account the token was issued for.
+    pub account: AccountId,
+    /// How long the token had left to live when it was redeemed.
+    pub ttl_left: Duration,
+}
 
-    /// Redeems a token: single use, so a live token is removed and its
-    /// account returned; an expired or unknown token gives `None`.
-    fn redeem(&self, token: &str) -> Result<Option<AccountId>, StoreError>;
+/// Short-lived enter tokens and failed-login counters. One instance per DB
+/// pool thread (`&mut self`, like [`AccountStore`]); the instances of one
+/// process share their data (in-process map) or a server (Redis), so a token
+/// issued through one is redeemed exactly once through any of them.
+pub trait TokenStore: Send {
+    /// Stores `token` for `account`, valid for `ttl` (a zero `ttl` stores
+    /// nothing). A token that is already live is not replaced:
+    /// [`StoreError::Internal`] (192 random bits never clash; this makes sure
+    /// a clash could not hand one account's token to another).
+    fn issue(&mut self, token: &str, account: AccountId, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Redeems a token: single use, so a live token is removed and returned
+    /// with its account; an expired or unknown token gives `None`. Of any
+    /// number of concurrent redemptions of one token, exactly one gets it.
+    fn redeem(&mut self, token: &str) -> Result<Option<Redeemed>, StoreError>;
 
     /// Records one failure under `key` and returns the number of failures
     /// counted in the current window, this one included. A new window of
     /// length `window` starts with the first failure after the previous
     /// window ended.
-    fn note_failure(&self, key: &str, window: Duration) -> Result<u32, StoreError>;
+    fn note_failure(&mut self, key: &str, window: Duration) -> Result<u32, StoreError>;
 
     /// Number of failures counted under `key` in its current window (0 if
     /// none or the window has ended).
-    fn failures(&self, key: &str) -> Result<u32, StoreError>;
+    fn failures(&mut self, key: &str) -> Result<u32, StoreError>;
 
     /// Forgets the failures counted under `key`.
-    fn clear_failures(&self, key: &str) -> Result<(), StoreError>;
+    fn clear_failures(&mut self, key: &str) -> Result<(), StoreError>;
 }
 
 /// The case-insensitive form of a username, used as its unique key by the
@@ -200,44 +142,6 @@ pub fn username_key(username: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn empty_section_gives_defaults() {
-        let cfg: StoreConfig = toml::from_str("").unwrap();
-        assert_eq!(cfg, StoreConfig::default());
-        assert_eq!(cfg.kind, StoreKind::Embedded);
-        assert_eq!(cfg.sqlite_path, PathBuf::from("data/accounts.db"));
-        assert_eq!(cfg.db_threads, 4);
-        assert_eq!(cfg.queue_capacity, 1024);
-        assert_eq!(cfg.request_timeout(), Duration::from_millis(2000));
-        assert_eq!(cfg.token_ttl(), Duration::from_secs(30));
-        assert_eq!(cfg.max_failed_logins, 5);
-        assert_eq!(cfg.failed_login_window(), Duration::from_secs(300));
-        assert_eq!(cfg.argon2.memory_kib, 19456);
-        assert_eq!(cfg.argon2.iterations, 2);
-        assert_eq!(cfg.argon2.parallelism, 1);
-    }
-
-    #[test]
-    fn fields_override_defaults() {
-        let cfg: StoreConfig = toml::from_str(
-            "kind = \"embedded\"\nsqlite_path = \"x/y.db\"\ndb_threads = 2\n\
-             [argon2]\nmemory_kib = 64\n",
-        )
-        .unwrap();
-        assert_eq!(cfg.sqlite_path, PathBuf::from("x/y.db"));
-        assert_eq!(cfg.db_threads, 2);
-        assert_eq!(cfg.queue_capacity, 1024);
-        assert_eq!(cfg.argon2.memory_kib, 64);
-        assert_eq!(cfg.argon2.iterations, 2);
-    }
-
-    #[test]
-    fn unknown_fields_and_kinds_are_rejected() {
-        assert!(toml::from_str::<StoreConfig>("db_thread = 2").is_err());
-        assert!(toml::from_str::<StoreConfig>("kind = \"mysql\"").is_err());
-        assert!(toml::from_str::<StoreConfig>("[argon2]\nmemory = 1").is_err());
-    }
 
     #[test]
     fn username_key_ignores_case() {

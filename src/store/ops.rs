@@ -1,27 +1,26 @@
-//! The blocking account operations the DB pool runs: register, login,
-//! redeem-for-enter and position saves.
+//! The blocking account operations the DB pool runs: register, login and
+//! redeem-for-enter. (Position saves go to the [`PositionWriter`].)
 //!
 //! Username and password shape are validated by the protocol layer before
 //! these run; here any input is merely guaranteed not to panic. Nothing in
 //! this module logs a password or a token.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    new_token, username_key, AccountRecord, AccountStore, MemoryTokenStore, PasswordHasher,
-    SqliteAccountStore, StoreConfig, StoreError, StoreKind, TokenStore,
+    new_token, username_key, AccountRecord, AccountStore, PasswordHasher, PositionWriter,
+    StoreError, TokenStore,
 };
-use crate::model::{AccountId, Position};
+use crate::model::AccountId;
 
-/// Everything one DB pool thread needs: its own account store connection,
-/// the shared token store, and the login policy.
+/// Everything one DB pool thread needs: its own account store and token
+/// store connections, and the login policy.
 pub struct Services {
     /// This thread's account store.
     pub accounts: Box<dyn AccountStore>,
-    /// Tokens and failure counters, shared by all pool threads.
-    pub tokens: Arc<dyn TokenStore>,
+    /// This thread's handle on the tokens and failure counters (shared data).
+    pub tokens: Box<dyn TokenStore>,
     /// Password hasher with the configured costs.
     pub hasher: PasswordHasher,
     /// Lifetime of an enter token issued by [`login`].
@@ -31,6 +30,9 @@ pub struct Services {
     pub max_failed_logins: u32,
     /// Length of the failure counting window.
     pub failed_login_window: Duration,
+    /// The position writer, whose saves not yet written are newer than the
+    /// store's positions ([`redeem_for_enter`] answers with them).
+    pub writer: Option<PositionWriter>,
 }
 
 /// Result of [`register`].
@@ -131,63 +133,59 @@ pub fn login(
     })
 }
 
-/// Redeems an enter token (single use) and loads its account. `None` for
-/// an unknown, expired or already used token, or if the account is gone.
+/// Redeems an enter token (single use) and loads its account, at the
+/// latest position this process knows (a save the writer holds, else the
+/// store's). `None` for an unknown, expired or already used token, or if the
+/// account is gone.
+///
+/// If loading fails after the token was redeemed, the token is put back for
+/// the time it had left, so that a `SERVER_BUSY` answer consumes nothing and
+/// the client can send `C_ENTER` again (best effort: the token store may
+/// have failed too).
 pub fn redeem_for_enter(
     s: &mut Services,
     token: &str,
 ) -> Result<Option<AccountRecord>, StoreError> {
-    match s.tokens.redeem(token)? {
-        Some(id) => s.accounts.load(id),
-        None => Ok(None),
+    let Some(redeemed) = s.tokens.redeem(token)? else {
+        return Ok(None);
+    };
+    // Asked before loading: the writer forgets a position only after the store has it, so
+    // either it answers here or the load below sees the write. (Asked after, a write finishing
+    // in between would be missed by both.)
+    let unsaved = s.writer.as_ref().and_then(|w| w.latest(redeemed.account));
+    match s.accounts.load(redeemed.account) {
+        Ok(Some(mut record)) => {
+            if let Some(position) = unsaved {
+                record.position = position;
+            }
+            Ok(Some(record))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => {
+            if let Err(put_back) = s.tokens.issue(token, redeemed.account, redeemed.ttl_left) {
+                tracing::warn!(
+                    account_id = redeemed.account,
+                    error = %put_back,
+                    "enter failed and its token could not be put back"
+                );
+            }
+            Err(e)
+        }
     }
-}
-
-/// Saves positions of several accounts in one transaction.
-pub fn save_positions(
-    s: &mut Services,
-    positions: &[(AccountId, Position)],
-) -> Result<(), StoreError> {
-    s.accounts.save_positions(positions)
-}
-
-/// Prepares the embedded store described by `cfg` and returns a factory for
-/// [`crate::dbpool::DbPool::start`]: each call opens a new SQLite
-/// connection and shares one [`MemoryTokenStore`] and one hasher set-up.
-/// Opens the database once here, so that a bad path, a failed WAL switch or
-/// bad Argon2 parameters are reported before any thread starts.
-pub fn open_embedded(
-    cfg: &StoreConfig,
-) -> Result<impl Fn() -> Result<Services, StoreError> + Send + Sync + 'static, StoreError> {
-    // Irrefutable today; a new kind will have to be handled here.
-    let StoreKind::Embedded = cfg.kind;
-    let hasher = PasswordHasher::new(&cfg.argon2)?;
-    drop(SqliteAccountStore::open(&cfg.sqlite_path)?);
-    tracing::info!(path = %cfg.sqlite_path.display(), "embedded account store ready");
-
-    let tokens: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
-    let path = cfg.sqlite_path.clone();
-    let token_ttl = cfg.token_ttl();
-    let max_failed_logins = cfg.max_failed_logins;
-    let failed_login_window = cfg.failed_login_window();
-    Ok(move || {
-        Ok(Services {
-            accounts: Box::new(SqliteAccountStore::open(&path)?),
-            tokens: Arc::clone(&tokens),
-            hasher: hasher.clone(),
-            token_ttl,
-            max_failed_logins,
-            failed_login_window,
-        })
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
     use super::*;
-    use crate::store::Argon2Config;
+    use crate::model::Position;
+    use crate::store::{
+        Argon2Config, MemoryTokenStore, SqliteAccountStore, StoreConfig, TokensConfig,
+    };
 
     const TINY: Argon2Config = Argon2Config {
         memory_kib: 64,
@@ -198,11 +196,12 @@ mod tests {
     fn services() -> Services {
         Services {
             accounts: Box::new(SqliteAccountStore::open_in_memory().unwrap()),
-            tokens: Arc::new(MemoryTokenStore::new()),
+            tokens: Box::new(Arc::new(MemoryTokenStore::new())),
             hasher: PasswordHasher::new(&TINY).unwrap(),
             token_ttl: Duration::from_secs(30),
             max_failed_logins: 3,
             failed_login_window: Duration::from_secs(300),
+            writer: None,
         }
     }
 
@@ -368,11 +367,9 @@ mod tests {
             let _ = login(&mut s, name, name, ip(1)).unwrap();
             let _ = login(&mut s, name, "", ip(2)).unwrap();
         }
-        save_positions(
-            &mut s,
-            &[(0, Position::default()), (u64::MAX, Position::default())],
-        )
-        .unwrap();
+        s.accounts
+            .save_positions(&[(0, Position::default()), (u64::MAX, Position::default())])
+            .unwrap();
     }
 
     #[test]
@@ -386,7 +383,7 @@ mod tests {
             y: 2.0,
             z: 3.0,
         };
-        save_positions(&mut s, &[(id, p)]).unwrap();
+        s.accounts.save_positions(&[(id, p)]).unwrap();
         let token = token_of(login(&mut s, "a", "pw", ip(1)).unwrap());
         assert_eq!(
             redeem_for_enter(&mut s, &token).unwrap().unwrap().position,
@@ -394,24 +391,116 @@ mod tests {
         );
     }
 
+    /// An account store whose loads and saves fail while `failing` is set.
+    struct Flaky {
+        inner: SqliteAccountStore,
+        failing: Arc<AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            Ok(())
+        }
+    }
+
+    impl AccountStore for Flaky {
+        fn create_account(&mut self, u: &str, h: &str) -> Result<AccountId, StoreError> {
+            self.inner.create_account(u, h)
+        }
+        fn find_by_username(&mut self, u: &str) -> Result<Option<AccountRecord>, StoreError> {
+            self.inner.find_by_username(u)
+        }
+        fn load(&mut self, id: AccountId) -> Result<Option<AccountRecord>, StoreError> {
+            self.check()?;
+            self.inner.load(id)
+        }
+        fn save_positions(&mut self, p: &[(AccountId, Position)]) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.save_positions(p)
+        }
+        fn most_recent(&mut self, n: usize) -> Result<Vec<AccountRecord>, StoreError> {
+            self.inner.most_recent(n)
+        }
+    }
+
+    fn flaky() -> (Box<dyn AccountStore>, Arc<AtomicBool>) {
+        let failing = Arc::new(AtomicBool::new(false));
+        let store = Flaky {
+            inner: SqliteAccountStore::open_in_memory().unwrap(),
+            failing: Arc::clone(&failing),
+        };
+        (Box::new(store), failing)
+    }
+
     #[test]
-    fn open_embedded_builds_services_sharing_tokens() {
+    fn a_failed_enter_puts_its_token_back() {
+        let mut s = services();
+        let (store, failing) = flaky();
+        s.accounts = store;
+        register(&mut s, "a", "password1").unwrap();
+        let token = token_of(login(&mut s, "a", "password1", ip(1)).unwrap());
+        failing.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            redeem_for_enter(&mut s, &token),
+            Err(StoreError::Unavailable(_))
+        ));
+        failing.store(false, Ordering::SeqCst);
+        assert_eq!(redeem_for_enter(&mut s, &token).unwrap().unwrap().id, 1);
+        assert!(redeem_for_enter(&mut s, &token).unwrap().is_none());
+    }
+
+    #[test]
+    fn enter_sees_saves_the_writer_has_not_written_yet() {
+        let mut s = services();
+        let RegisterOutcome::Created(id) = register(&mut s, "a", "password1").unwrap() else {
+            panic!("not created");
+        };
+        // The writer's store fails: the save stays with the writer.
+        let (store, failing) = flaky();
+        failing.store(true, Ordering::SeqCst);
+        let writer =
+            crate::store::PositionWriter::start(store, &crate::store::WriterConfig::default())
+                .unwrap();
+        s.writer = Some(writer.clone());
+        let moved = Position {
+            x: 5.0,
+            y: 6.0,
+            z: 7.0,
+        };
+        writer.save(&[(id, moved)]);
+        let token = token_of(login(&mut s, "a", "password1", ip(1)).unwrap());
+        assert_eq!(
+            redeem_for_enter(&mut s, &token).unwrap().unwrap().position,
+            moved
+        );
+        failing.store(false, Ordering::SeqCst);
+        writer.shutdown(Duration::from_secs(5));
+        assert_eq!(writer.stats().dropped, 0);
+    }
+
+    #[test]
+    fn open_builds_services_sharing_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig {
             sqlite_path: dir.path().join("sub").join("accounts.db"),
             argon2: TINY,
             ..StoreConfig::default()
         };
-        let make = open_embedded(&cfg).unwrap();
+        let backend = crate::store::open(&cfg, &TokensConfig::default()).unwrap();
+        let make = backend.services();
         let mut one = make().unwrap();
         let mut two = make().unwrap();
         register(&mut one, "alice", "pw").unwrap();
         let token = token_of(login(&mut two, "alice", "pw", ip(1)).unwrap());
         assert_eq!(redeem_for_enter(&mut one, &token).unwrap().unwrap().id, 1);
+        backend.shutdown(Duration::from_secs(1));
     }
 
     #[test]
-    fn open_embedded_rejects_bad_argon2_params() {
+    fn open_rejects_bad_argon2_params() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig {
             sqlite_path: dir.path().join("accounts.db"),
@@ -422,6 +511,6 @@ mod tests {
             },
             ..StoreConfig::default()
         };
-        assert!(open_embedded(&cfg).is_err());
+        assert!(crate::store::open(&cfg, &TokensConfig::default()).is_err());
     }
 }

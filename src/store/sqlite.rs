@@ -162,6 +162,24 @@ impl AccountStore for SqliteAccountStore {
         }
         tx.commit().map_err(map_err)
     }
+
+    /// The embedded store keeps no update time: the newest accounts first.
+    fn most_recent(&mut self, limit: usize) -> Result<Vec<AccountRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, username, password_hash, pos_x, pos_y, pos_z \
+                 FROM accounts ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(map_err)?;
+        let rows = stmt
+            .query_map([limit], read_record)
+            .map_err(map_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err)?;
+        rows.into_iter().collect()
+    }
 }
 
 /// Reads one row of [`FIND_BY_KEY`] or [`FIND_BY_ID`]. The outer `Result` is SQLite's, the

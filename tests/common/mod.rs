@@ -2,6 +2,9 @@
 //! in a temporary directory, and clients that can be placed on a chosen shard.
 #![allow(dead_code)]
 
+pub mod backends;
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
