@@ -24,6 +24,8 @@ fn one_cycle(i: usize, tls: bool) {
     let mut raw = TcpStream::connect(server.world_addr()).unwrap();
     // Half a frame header (or half a TLS record): the server is waiting for the rest.
     raw.write_all(&[0x16]).unwrap();
+    // Counted before the player's connections, which `enter_settled` counts around.
+    server.wait_for_connections(|c| c.iter().sum::<usize>() == 1);
     let player = server.enter_settled(&format!("cycle{i}"), None);
     let mut login = server.login_conn();
     login
