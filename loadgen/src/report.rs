@@ -9,6 +9,14 @@ use crate::error::LoadgenError;
 use crate::run::RunResult;
 use crate::stats::{ErrorCounts, LatencySummary};
 
+/// `deliveries` → `delivery`, `messages` → `message`.
+fn singular(unit: &str) -> String {
+    match unit.strip_suffix("ies") {
+        Some(stem) => format!("{stem}y"),
+        None => unit.trim_end_matches('s').to_string(),
+    }
+}
+
 /// The server's numbers, when `--server-pid` named it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ServerReport {
@@ -230,7 +238,7 @@ impl Report {
         if let Some(sv) = &self.server {
             let _ = write!(s, "  server pid {}: CPU {:.1} ms", sv.pid, sv.cpu_ms);
             if let Some(per) = sv.cpu_us_per_event {
-                let _ = write!(s, " ({per:.2} µs per {})", self.unit.trim_end_matches('s'));
+                let _ = write!(s, " ({per:.2} µs per {})", singular(&self.unit));
             }
             let _ = write!(
                 s,
@@ -268,5 +276,17 @@ impl Report {
             path: path.to_path_buf(),
             reason: format!("not a loadgen result: {e}"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_read_well_in_the_singular() {
+        assert_eq!(singular("deliveries"), "delivery");
+        assert_eq!(singular("messages"), "message");
+        assert_eq!(singular("cycles"), "cycle");
     }
 }

@@ -82,7 +82,10 @@ pub async fn worker(
     let mut out = Outcome::default();
     for t in tasks {
         match t.await.map_err(|e| LoadgenError::Worker(e.to_string()))? {
-            Ok(()) => out.bump("held", 1),
+            Ok(()) => {
+                out.bump("held", 1);
+                out.count_at(Duration::ZERO);
+            }
             Err(e) => out.error(&e),
         }
     }
