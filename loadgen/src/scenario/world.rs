@@ -172,7 +172,11 @@ async fn receive<R: AsyncRead + Unpin>(
             Err(_) => return Ok(()),
             Ok(frame) => frame?,
         };
-        book(&frame, span, out, ctx)?;
+        let mut counted = book(&frame, span, out)?;
+        while let Some(frame) = reader.try_recv()? {
+            counted += book(&frame, span, out)?;
+        }
+        ctx.live.add_done(counted);
     }
 }
 
@@ -196,31 +200,27 @@ fn sent_micros(frame: &RawFrame) -> Result<Option<(&'static str, u64)>, LoadgenE
     })
 }
 
-fn book(
-    frame: &RawFrame,
-    span: Span,
-    out: &RefCell<Outcome>,
-    ctx: &Ctx,
-) -> Result<(), LoadgenError> {
+/// Books one frame; 1 if it was a delivery counted in the window.
+fn book(frame: &RawFrame, span: Span, out: &RefCell<Outcome>) -> Result<u64, LoadgenError> {
     let received = Instant::now();
     let mut o = out.borrow_mut();
     if frame.id == MessageId::SError as u16 {
         let e = pb::SError::decode(frame.body.clone()).unwrap_or_default();
         o.errors
             .add(format!("s_error_{}_for_{}", e.result, e.request_id));
-        return Ok(());
+        return Ok(0);
     }
     let Some((kind, micros)) = sent_micros(frame)? else {
-        return Ok(());
+        return Ok(0);
     };
     let sent = clock::instant_at(micros * 1000);
     if sent >= span.start && sent < span.end {
         o.latency(kind)
             .record(received.saturating_duration_since(sent));
         o.count_at(received.saturating_duration_since(span.start));
-        ctx.live.add_done(1);
+        return Ok(1);
     }
-    Ok(())
+    Ok(0)
 }
 
 #[cfg(test)]
