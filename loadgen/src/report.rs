@@ -104,6 +104,10 @@ pub struct Report {
     pub errors: ErrorCounts,
     /// The server's numbers, if sampled.
     pub server: Option<ServerReport>,
+    /// CPU time of the loadgen's own threads in the measured window, milliseconds: near
+    /// `threads × window` means the load generator, not the server, was the limit.
+    #[serde(default)]
+    pub loadgen_cpu_ms: f64,
     /// Timeline bucket, milliseconds.
     pub timeline_bucket_ms: u64,
     /// Events per second in each bucket of the window.
@@ -187,6 +191,7 @@ impl Report {
             counters,
             errors: o.errors.clone(),
             server,
+            loadgen_cpu_ms: result.loadgen_cpu_ns as f64 / 1e6,
             timeline_bucket_ms: o.timeline.bucket().as_millis() as u64,
             timeline_per_sec: o.timeline.rates(),
             percentiles: o
@@ -235,6 +240,13 @@ impl Report {
                 .collect();
             let _ = writeln!(s, "  errors: {}", list.join(" "));
         }
+        let _ = writeln!(
+            s,
+            "  loadgen CPU {:.1} ms ({:.0}% of {} thread(s) over the window)",
+            self.loadgen_cpu_ms,
+            100.0 * self.loadgen_cpu_ms / 1e3 / (self.window_secs * self.threads as f64).max(1e-9),
+            self.threads
+        );
         if let Some(sv) = &self.server {
             let _ = write!(s, "  server pid {}: CPU {:.1} ms", sv.pid, sv.cpu_ms);
             if let Some(per) = sv.cpu_us_per_event {

@@ -72,6 +72,8 @@ pub struct RunResult {
     pub elapsed: Duration,
     /// Sampled when `--server-pid` was given.
     pub server: Option<ServerNumbers>,
+    /// CPU time of the loadgen's own threads in the measured window (is the client the limit?).
+    pub loadgen_cpu_ns: u64,
 }
 
 fn bar(show: bool, len: u64, template: &str) -> ProgressBar {
@@ -101,6 +103,7 @@ where
     Fut: Future<Output = Result<Outcome, LoadgenError>> + 'static,
 {
     let mut probe = spec.server_pid.map(ServerProbe::start).transpose()?;
+    let mut own = ServerProbe::start(std::process::id())?;
     let before = probe.as_ref().map(ServerProbe::memory).transpose()?;
     let (gate, waiter) = Gate::new();
     let handles = workers::spawn(plan, move |i| make(i, waiter.clone()))?;
@@ -128,6 +131,7 @@ where
     let ready = probe.as_ref().map(ServerProbe::memory).transpose()?;
 
     let opened = Instant::now();
+    let own_cpu;
     gate.open(opened);
     let (elapsed, cpu_ns) = match spec.window {
         Window::Timed { warmup, duration } => {
@@ -146,6 +150,7 @@ where
                     if let Some(p) = probe.as_mut() {
                         p.restart()?;
                     }
+                    own.restart()?;
                     restarted = true;
                 }
                 if now >= window_end {
@@ -160,6 +165,7 @@ where
                 .as_ref()
                 .map(ServerProbe::cpu_since_start)
                 .transpose()?;
+            own_cpu = own.cpu_since_start()?;
             running.finish_and_clear();
             (duration, cpu)
         }
@@ -167,6 +173,7 @@ where
             if let Some(p) = probe.as_mut() {
                 p.restart()?;
             }
+            own.restart()?;
             let running = bar(
                 spec.progress,
                 expected,
@@ -181,6 +188,7 @@ where
                 .as_ref()
                 .map(ServerProbe::cpu_since_start)
                 .transpose()?;
+            own_cpu = own.cpu_since_start()?;
             running.finish_and_clear();
             (opened.elapsed(), cpu)
         }
@@ -212,6 +220,7 @@ where
         outcome,
         elapsed,
         server,
+        loadgen_cpu_ns: own_cpu,
     })
 }
 

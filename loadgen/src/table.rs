@@ -40,6 +40,16 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |v| format!("{v:.digits$}"))
 }
 
+/// How busy the load generator's threads were over the window, in percent.
+fn loadgen_busy(r: &Report) -> String {
+    let capacity_ms = r.window_secs * 1e3 * r.threads.max(1) as f64;
+    if capacity_ms > 0.0 && r.loadgen_cpu_ms > 0.0 {
+        format!("{:.0}%", 100.0 * r.loadgen_cpu_ms / capacity_ms)
+    } else {
+        "–".into()
+    }
+}
+
 fn cpu_per_event(r: &Report) -> Option<f64> {
     r.server.as_ref().and_then(|s| s.cpu_us_per_event)
 }
@@ -63,8 +73,8 @@ pub fn echo_table(reports: &[&Report]) -> String {
         return String::new();
     }
     let mut s = String::new();
-    s.push_str("| conns | server | msg/s | p50 µs | p99 µs | server CPU µs/msg | CPU s per M msgs | msg/s vs glommio | msg/s vs floor | CPU/msg vs floor |\n");
-    s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| conns | server | msg/s | p50 µs | p99 µs | server CPU µs/msg | CPU s per M msgs | loadgen busy | msg/s vs glommio | msg/s vs floor | CPU/msg vs floor |\n");
+    s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (conns, mut runs) in by_conns {
         runs.sort_by_key(|r| server_rank(server(r)));
         let find = |name: &str| runs.iter().find(|r| server(r) == name).copied();
@@ -75,11 +85,12 @@ pub fn echo_table(reports: &[&Report]) -> String {
             let cpu = cpu_per_event(r);
             let _ = writeln!(
                 s,
-                "| {conns} | {} | {:.0} | {p50} | {p99} | {} | {} | {} | {} | {} |",
+                "| {conns} | {} | {:.0} | {p50} | {p99} | {} | {} | {} | {} | {} | {} |",
                 server(r),
                 r.throughput_per_sec,
                 opt(cpu, 2),
                 opt(cpu, 2), // µs per message = s per million messages
+                loadgen_busy(r),
                 ratio(
                     Some(r.throughput_per_sec),
                     base.map(|b| b.throughput_per_sec)
@@ -107,8 +118,8 @@ pub fn broadcast_table(reports: &[&Report]) -> String {
     }
     runs.sort_by_key(|r| (param_u64(r, "clients"), server_rank(server(r))));
     let mut s = String::new();
-    s.push_str("| clients | server | deliveries | all delivered in s | deliveries/s | delivery p50 ms | delivery p99 ms | server CPU s | CPU ns/delivery | peak RSS MiB | time vs glommio |\n");
-    s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| clients | server | deliveries | all delivered in s | deliveries/s | delivery p50 ms | delivery p99 ms | server CPU s | CPU ns/delivery | peak RSS MiB | loadgen busy | time vs glommio |\n");
+    s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &runs {
         let base = runs
             .iter()
@@ -123,7 +134,7 @@ pub fn broadcast_table(reports: &[&Report]) -> String {
         let sv = r.server.as_ref();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.3} | {:.0} | {p50} | {p99} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.3} | {:.0} | {p50} | {p99} | {} | {} | {} | {} | {} |",
             param_u64(r, "clients"),
             server(r),
             r.count,
@@ -132,6 +143,7 @@ pub fn broadcast_table(reports: &[&Report]) -> String {
             opt(sv.map(|v| v.cpu_ms / 1e3), 2),
             opt(cpu_per_event(r).map(|us| us * 1e3), 0),
             opt(sv.map(|v| v.peak_rss_kib as f64 / 1024.0), 0),
+            loadgen_busy(r),
             ratio(Some(r.window_secs), base.map(|b| b.window_secs)),
         );
     }
@@ -259,6 +271,7 @@ mod tests {
             .into(),
             counters: [("held".to_string(), conns)].into(),
             errors: ErrorCounts::default(),
+            loadgen_cpu_ms: 0.0,
             server: Some(ServerReport {
                 pid: 1,
                 cpu_ms: 1.0,
