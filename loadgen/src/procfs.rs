@@ -66,6 +66,21 @@ pub fn parse_schedstat(text: &str) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// CPU nanoseconds this process has used, its exited threads included (`getrusage`, which
+/// Linux derives from the scheduler's exact runtime; schedstat would lose threads that ended).
+pub fn own_cpu_nanos() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given, which lives on this stack frame.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0;
+        }
+        usage
+    };
+    let nanos = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    nanos(usage.ru_utime) + nanos(usage.ru_stime)
+}
+
 /// What a scenario measures of the server, when `--server-pid` names it.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerProbe {
@@ -137,6 +152,20 @@ mod tests {
         }
         assert!(cpu_nanos(pid).unwrap() > before);
         assert!(memory(pid).unwrap().rss_kib > 0);
+    }
+
+    #[test]
+    fn own_cpu_counts_threads_that_have_ended() {
+        let before = own_cpu_nanos();
+        std::thread::spawn(|| {
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_millis(30) {
+                std::hint::black_box(start.elapsed());
+            }
+        })
+        .join()
+        .unwrap();
+        assert!(own_cpu_nanos() > before);
     }
 
     #[test]

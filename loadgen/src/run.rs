@@ -103,7 +103,7 @@ where
     Fut: Future<Output = Result<Outcome, LoadgenError>> + 'static,
 {
     let mut probe = spec.server_pid.map(ServerProbe::start).transpose()?;
-    let mut own = ServerProbe::start(std::process::id())?;
+    let mut own_start = crate::procfs::own_cpu_nanos();
     let before = probe.as_ref().map(ServerProbe::memory).transpose()?;
     let (gate, waiter) = Gate::new();
     let handles = workers::spawn(plan, move |i| make(i, waiter.clone()))?;
@@ -150,7 +150,7 @@ where
                     if let Some(p) = probe.as_mut() {
                         p.restart()?;
                     }
-                    own.restart()?;
+                    own_start = crate::procfs::own_cpu_nanos();
                     restarted = true;
                 }
                 if now >= window_end {
@@ -165,7 +165,7 @@ where
                 .as_ref()
                 .map(ServerProbe::cpu_since_start)
                 .transpose()?;
-            own_cpu = own.cpu_since_start()?;
+            own_cpu = crate::procfs::own_cpu_nanos().saturating_sub(own_start);
             running.finish_and_clear();
             (duration, cpu)
         }
@@ -173,7 +173,7 @@ where
             if let Some(p) = probe.as_mut() {
                 p.restart()?;
             }
-            own.restart()?;
+            own_start = crate::procfs::own_cpu_nanos();
             let running = bar(
                 spec.progress,
                 expected,
@@ -188,7 +188,7 @@ where
                 .as_ref()
                 .map(ServerProbe::cpu_since_start)
                 .transpose()?;
-            own_cpu = own.cpu_since_start()?;
+            own_cpu = crate::procfs::own_cpu_nanos().saturating_sub(own_start);
             running.finish_and_clear();
             (opened.elapsed(), cpu)
         }
