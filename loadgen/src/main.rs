@@ -66,7 +66,7 @@ fn run_cli(cli: Cli) -> Result<(), LoadgenError> {
     let common = cli.common;
     if let Scenario::Table { paths } = &cli.scenario {
         let reports = read_reports(paths)?;
-        print!("{}", table::render(&reports));
+        say(&table::render(&reports));
         return Ok(());
     }
     let timeout = secs(common.connect_timeout, "--connect-timeout")?;
@@ -323,8 +323,22 @@ fn run_cli(cli: Cli) -> Result<(), LoadgenError> {
         Scenario::Table { .. } => unreachable!("handled above"),
     };
     let report = Report::new(meta, &result);
-    print!("{}", report.human());
-    write_outputs(&common, &report)
+    let written = write_outputs(&common, &report)?;
+    say(&report.human());
+    for line in written {
+        say(&line);
+    }
+    Ok(())
+}
+
+/// Prints to stdout; a closed stdout (`| head`) must not lose the result files.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    if !text.ends_with('\n') {
+        let _ = out.write_all(b"\n");
+    }
 }
 
 fn execute<F, Fut>(
@@ -340,10 +354,12 @@ where
     run::run(plan, spec, live, make)
 }
 
-fn write_outputs(common: &Common, report: &Report) -> Result<(), LoadgenError> {
+/// Writes the JSON result and the plot; the lines that say where.
+fn write_outputs(common: &Common, report: &Report) -> Result<Vec<String>, LoadgenError> {
+    let mut written = Vec::new();
     if let Some(out) = &common.out {
         report.write_json(out)?;
-        println!("  result: {}", out.display());
+        written.push(format!("  result: {}", out.display()));
     }
     let plot = common
         .plot
@@ -351,9 +367,9 @@ fn write_outputs(common: &Common, report: &Report) -> Result<(), LoadgenError> {
         .or_else(|| common.out.as_ref().map(|p| p.with_extension("svg")));
     if let Some(plot) = plot {
         plot::write_svg(report, &plot)?;
-        println!("  plot:   {}", plot.display());
+        written.push(format!("  plot:   {}", plot.display()));
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Every report in `paths`: files as given, directories by their `*.json` files, sorted.

@@ -21,6 +21,22 @@ pub fn nines(percentile: f64) -> f64 {
     }
 }
 
+/// A latency axis label: `250 µs`, `4 ms`, `1.5 s`.
+pub fn micros_label(us: &f64) -> String {
+    if *us >= 1e6 {
+        format!("{} s", trim(us / 1e6))
+    } else if *us >= 1e3 {
+        format!("{} ms", trim(us / 1e3))
+    } else {
+        format!("{} µs", trim(*us))
+    }
+}
+
+fn trim(v: f64) -> String {
+    let text = format!("{v:.1}");
+    text.strip_suffix(".0").map(str::to_string).unwrap_or(text)
+}
+
 fn nines_label(x: &f64) -> String {
     match x.round() as i64 {
         0 => "0%".into(),
@@ -96,7 +112,8 @@ fn latency_panel(report: &Report, area: &Area<'_>) -> DrawResult {
         .x_labels(6)
         .x_label_formatter(&nines_label)
         .x_desc("percentile")
-        .y_desc("µs")
+        .y_desc("latency")
+        .y_label_formatter(&micros_label)
         .draw()?;
     for (i, (name, curve)) in report.percentiles.iter().enumerate() {
         if curve.is_empty() {
@@ -157,6 +174,13 @@ fn throughput_panel(report: &Report, area: &Area<'_>) -> DrawResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_labels_pick_their_unit() {
+        assert_eq!(micros_label(&250.0), "250 µs");
+        assert_eq!(micros_label(&4000.0), "4 ms");
+        assert_eq!(micros_label(&1_500_000.0), "1.5 s");
+    }
 
     #[test]
     fn percentiles_map_to_nines() {

@@ -193,7 +193,13 @@ impl Report {
             server,
             loadgen_cpu_ms: result.loadgen_cpu_ns as f64 / 1e6,
             timeline_bucket_ms: o.timeline.bucket().as_millis() as u64,
-            timeline_per_sec: o.timeline.rates(),
+            timeline_per_sec: {
+                // Events booked just after the window would draw a last, nearly empty bucket.
+                let buckets = (window_secs / o.timeline.bucket().as_secs_f64()).ceil() as usize;
+                let mut rates = o.timeline.rates();
+                rates.truncate(buckets.max(1));
+                rates
+            },
             percentiles: o
                 .latencies
                 .iter()
