@@ -1,21 +1,21 @@
-//! Frames per second through the sans-IO codec: decoding a stream read in 4 KiB pieces (as a
-//! shard reads it), decoding it one byte at a time (the worst split), and encoding into the
-//! shard's send-buffer chunk. Prints one line per case; run with `cargo bench --bench codec`.
-//!
-//! A plain timing loop rather than criterion: the numbers are throughputs of whole passes over
-//! a fixed stream, and the project compares ratios measured in one run.
+//! The sans-IO codec under criterion: decoding a client stream read in 4 KiB pieces (as a shard
+//! reads it) and one byte at a time (the worst split), and encoding `S_CHAT` into the shard's
+//! send-buffer chunk. Run with `cargo bench --bench codec`; throughput is in frames.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gameserver::protocol::{encode_frame, pb, ClientMessage, FrameDecoder, ServerMessage, Service};
+
+/// Frames in the decoded stream.
+const FRAMES: usize = 3_000;
 
 /// A client stream of `n` frames: chats, moves and pings, as a busy world session sends them.
 fn client_stream(n: usize) -> Vec<u8> {
     let mut out = BytesMut::new();
     for i in 0..n {
-        match i % 3 {
+        let encoded = match i % 3 {
             0 => encode_frame(
                 &pb::CChat {
                     text: format!("hello world {i}"),
@@ -36,12 +36,13 @@ fn client_stream(n: usize) -> Vec<u8> {
                 },
                 &mut out,
             ),
-        }
-        .expect("small frames encode");
+        };
+        encoded.expect("small frames encode");
     }
     out.to_vec()
 }
 
+/// Decodes and parses the whole stream fed in `piece`-byte reads; the number of frames.
 fn decode_all(stream: &[u8], piece: usize) -> usize {
     let mut decoder = FrameDecoder::new(4096);
     let mut frames = 0;
@@ -56,47 +57,34 @@ fn decode_all(stream: &[u8], piece: usize) -> usize {
     frames
 }
 
-fn measure(name: &str, frames_per_pass: usize, mut pass: impl FnMut() -> usize) {
-    // Warm up, then run passes for about a second.
-    for _ in 0..3 {
-        black_box(pass());
-    }
-    let start = Instant::now();
-    let mut frames = 0usize;
-    while start.elapsed() < Duration::from_secs(1) {
-        frames += pass();
-    }
-    let secs = start.elapsed().as_secs_f64();
-    assert!(frames % frames_per_pass == 0);
-    println!(
-        "{name:<44} {:>12.0} frames/s  ({frames} frames in {secs:.2} s)",
-        frames as f64 / secs
-    );
+fn decoder(c: &mut Criterion) {
+    let stream = client_stream(FRAMES);
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Elements(FRAMES as u64));
+    group.bench_function("4KiB_reads", |b| {
+        b.iter(|| assert_eq!(decode_all(black_box(&stream), 4096), FRAMES))
+    });
+    group.bench_function("1_byte_reads", |b| {
+        b.iter(|| assert_eq!(decode_all(black_box(&stream), 1), FRAMES))
+    });
+    group.finish();
 }
 
-fn main() {
-    const N: usize = 30_000;
-    let stream = client_stream(N);
-    println!(
-        "stream: {N} client frames, {} bytes ({:.1} bytes/frame)",
-        stream.len(),
-        stream.len() as f64 / N as f64
-    );
-    measure("decode + parse, 4 KiB reads", N, || {
-        decode_all(&stream, 4096)
-    });
-    measure("decode + parse, 1-byte reads (worst split)", N, || {
-        decode_all(&stream, 1)
-    });
+fn encoder(c: &mut Criterion) {
     let chat = ServerMessage::Chat(pb::SChat {
         player_id: 42,
         text: "hello world, this is a chat line".into(),
     });
-    measure("encode S_CHAT into the send-buffer chunk", N, || {
-        for _ in 0..N {
-            let frame = shards::chunk::encode(|buf| chat.encode(buf)).expect("fits");
-            black_box(frame);
-        }
-        N
+    let mut group = c.benchmark_group("encode");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("s_chat_into_chunk", |b| {
+        b.iter(|| {
+            let frame = shards::chunk::encode(|buf| black_box(&chat).encode(buf)).expect("fits");
+            black_box(frame)
+        })
     });
+    group.finish();
 }
+
+criterion_group!(benches, decoder, encoder);
+criterion_main!(benches);
