@@ -81,13 +81,23 @@ pub struct ServerConfig {
     pub world_addr: SocketAddr,
     /// The largest frame a client may send, header included (4..=65535).
     pub max_client_frame: usize,
-    /// Connections one shard serves at once, both services together; one more gets
-    /// `S_DISCONNECT{SERVER_FULL}`.
+    /// Connections one shard serves at once, both services together, counted from accept;
+    /// one more gets `S_DISCONNECT{SERVER_FULL}`. Lowered at start to fit the descriptor limit.
     pub max_connections_per_shard: usize,
+    /// Connections from one client address that one shard serves at once.
+    pub max_connections_per_address: usize,
+    /// Refused connections answered with `S_DISCONNECT{SERVER_FULL}` per second and shard,
+    /// sustained; beyond it refusals are closed at once, without a TLS handshake.
+    pub refusal_messages_per_sec: f64,
+    /// Refusals answered with a message in a burst, and at most being answered at once.
+    pub refusal_burst: u32,
     /// A connection that sends no frame for this long gets `S_DISCONNECT{IDLE_TIMEOUT}`.
     pub idle_timeout_ms: u64,
     /// Absolute deadline, from accept, for the first complete frame (after TLS).
     pub first_frame_timeout_ms: u64,
+    /// World service: absolute deadline, from accept, for a successful `C_ENTER`; a connection
+    /// that has not entered by then gets `S_DISCONNECT{NOT_AUTHENTICATED}`.
+    pub enter_timeout_ms: u64,
     /// Bytes waiting to be sent to one connection above which it is a slow consumer.
     pub send_queue_limit_bytes: usize,
     /// How long a closing connection may take to write its last frames.
@@ -105,9 +115,13 @@ impl Default for ServerConfig {
             login_addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
             world_addr: SocketAddr::from(([127, 0, 0, 1], 7001)),
             max_client_frame: DEFAULT_MAX_CLIENT_FRAME,
-            max_connections_per_shard: 10_000,
+            max_connections_per_shard: 8_192,
+            max_connections_per_address: 128,
+            refusal_messages_per_sec: 50.0,
+            refusal_burst: 50,
             idle_timeout_ms: 60_000,
             first_frame_timeout_ms: 10_000,
+            enter_timeout_ms: 20_000,
             send_queue_limit_bytes: 1 << 20,
             close_flush_timeout_ms: 2_000,
             shutdown_grace_ms: 5_000,
@@ -136,6 +150,27 @@ impl ServerConfig {
     /// `save_interval_ms` as a duration.
     pub fn save_interval(&self) -> Duration {
         Duration::from_millis(self.save_interval_ms)
+    }
+
+    /// The per-connection limits and deadlines.
+    pub fn conn_policy(&self) -> crate::session::ConnPolicy {
+        crate::session::ConnPolicy {
+            max_client_frame: self.max_client_frame,
+            first_frame_timeout: self.first_frame_timeout(),
+            idle_timeout: self.idle_timeout(),
+            enter_timeout: Duration::from_millis(self.enter_timeout_ms),
+            close_flush_timeout: self.close_flush_timeout(),
+        }
+    }
+
+    /// The per-shard admission limits.
+    pub fn admission_policy(&self) -> crate::session::AdmissionPolicy {
+        crate::session::AdmissionPolicy {
+            max_connections: self.max_connections_per_shard,
+            max_per_address: self.max_connections_per_address,
+            refusal_messages_per_sec: self.refusal_messages_per_sec,
+            refusal_burst: self.refusal_burst,
+        }
     }
 }
 
@@ -262,13 +297,22 @@ impl Config {
         if !(4..=65535).contains(&s.max_client_frame) {
             return invalid("server.max_client_frame must be 4..=65535");
         }
-        if s.max_connections_per_shard == 0 {
-            return invalid("server.max_connections_per_shard must be at least 1");
+        if s.max_connections_per_shard == 0 || s.max_connections_per_address == 0 {
+            return invalid(
+                "server.max_connections_per_shard and max_connections_per_address must be at least 1",
+            );
+        }
+        if s.refusal_messages_per_sec.is_nan() || s.refusal_messages_per_sec < 0.0 {
+            return invalid("server.refusal_messages_per_sec must be 0 or more");
         }
         if s.send_queue_limit_bytes < 65535 {
             return invalid("server.send_queue_limit_bytes must hold at least one frame (65535)");
         }
-        if s.idle_timeout_ms == 0 || s.first_frame_timeout_ms == 0 || s.save_interval_ms == 0 {
+        if s.idle_timeout_ms == 0
+            || s.first_frame_timeout_ms == 0
+            || s.enter_timeout_ms == 0
+            || s.save_interval_ms == 0
+        {
             return invalid("server timeouts and save_interval_ms must be above 0");
         }
         if s.login_addr == s.world_addr && s.login_addr.port() != 0 {

@@ -7,9 +7,11 @@
 pub mod client;
 pub mod config;
 pub mod dbpool;
+pub mod hub;
 pub mod model;
 pub mod protocol;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod store;
 pub mod tls;

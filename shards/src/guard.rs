@@ -10,10 +10,14 @@ use futures::FutureExt;
 
 /// Runs `fut`; a panic inside it becomes `Err` with the panic's message.
 pub async fn contain_panic<F: Future>(fut: F) -> Result<F::Output, String> {
-    AssertUnwindSafe(fut).catch_unwind().await.map_err(message)
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .map_err(panic_message)
 }
 
-fn message(payload: Box<dyn Any + Send>) -> String {
+/// The message a panic carried (`panic!` with a string or a format), or a placeholder.
+pub fn panic_message(payload: Box<dyn Any + Send>) -> String {
     match payload.downcast::<String>() {
         Ok(s) => *s,
         Err(payload) => match payload.downcast::<&'static str>() {

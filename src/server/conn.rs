@@ -1,9 +1,11 @@
-//! One connection's life on a shard: the connection limit, the TLS handshake under an absolute
-//! deadline, the reader (frames in, deadlines for the first frame and idleness) and the writer
-//! (the outbox), with a panic in the session contained to the session.
+//! One connection's life on a glommio shard: admission at accept, the TLS handshake under an
+//! absolute deadline, then the connection core ([`Connection`]) fed with bytes and time while
+//! the outbox's writer sends. The rules (deadlines, decoding, what each message does) are the
+//! core's; this file only moves bytes, time and events. A panic anywhere in a connection's task
+//! ends that connection alone, and its place is given back.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::pin;
 use std::rc::Rc;
 use std::time::Instant;
@@ -11,13 +13,16 @@ use std::time::Instant;
 use futures::future::{select, Either};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use futures_lite::future::or;
+use shards::guard::contain_panic;
 use shards::net::Tcp;
 use shards::outbox::Outbox;
 use shards::split::split;
 
+use crate::hub::micros_since_start;
 use crate::protocol::pb::DisconnectReason;
-use crate::protocol::{ClientMessage, FrameDecoder, ProtocolError, ServerMessage, Service};
-use crate::session::{disconnect, LoginSession, WorldSession};
+use crate::protocol::{ServerMessage, Service};
+use crate::service::{self, RequestKind};
+use crate::session::{disconnect, Admit, Connection, Event, Limit, Now};
 use crate::world::ConnId;
 
 use super::shard::Shard;
@@ -38,177 +43,225 @@ pub(super) async fn with_deadline<F: Future>(deadline: Instant, fut: F) -> Optio
 /// Serves one accepted connection until it closes.
 pub(super) async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream, service: Service) {
     let accepted_at = Instant::now();
+    let peer = stream.peer_addr().ok();
+    let ip = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip());
+    let (admit, warning) = shard.admission.borrow_mut().admit(ip, accepted_at);
+    if let Some(w) = warning {
+        tracing::warn!(
+            shard = shard.id,
+            %service,
+            limit = ?w.limit,
+            refused = w.refused,
+            "connection limit reached; refusing connections"
+        );
+    }
+    match admit {
+        Admit::Accept => {}
+        Admit::RefuseSilently(_) => return,
+        Admit::RefuseWithMessage(limit) => {
+            let refused = contain_panic(refuse(&shard, stream, accepted_at, limit)).await;
+            if let Err(panic) = refused {
+                tracing::error!(shard = shard.id, ?peer, %panic, "refusal panicked");
+            }
+            shard.admission.borrow_mut().refusal_done();
+            return;
+        }
+    }
+    let (id, outbox) = shard.with_hub(|h| h.register());
+    shard.stat_add(1);
+    let served = contain_panic(serve_admitted(
+        &shard,
+        stream,
+        service,
+        (id, outbox.clone()),
+        peer,
+        accepted_at,
+    ))
+    .await;
+    if let Err(panic) = served {
+        tracing::error!(shard = shard.id, conn = id, ?peer, %panic, "session panicked; closed it");
+        outbox.close(None, true);
+    }
+    let left = contain_panic(async { shard.with_hub(|h| h.unregister(id)) }).await;
+    if let Err(panic) = left {
+        tracing::error!(shard = shard.id, conn = id, %panic, "leaving the world panicked");
+    }
+    shard.admission.borrow_mut().release(ip);
+    shard.stat_add(-1);
+}
+
+/// Answers a connection over the limit with `S_DISCONNECT{SERVER_FULL}` (after the handshake,
+/// within the handshake and flush deadlines) and closes it.
+async fn refuse(shard: &Shard, stream: glommio::net::TcpStream, accepted_at: Instant, _: Limit) {
+    let outbox = Outbox::new(shard.config.server.send_queue_limit_bytes);
+    let last = shards::chunk::encode(|buf| {
+        disconnect(DisconnectReason::ServerFull, "server full").encode(buf)
+    })
+    .ok();
+    outbox.close(last, false);
+    let flush = || Instant::now() + shard.policy.close_flush_timeout;
     let tcp = Tcp::new(stream);
-    let peer = tcp.peer_addr().ok();
-    let registered = shard.register_conn();
+    match &shard.tls {
+        Some(acceptor) => {
+            let deadline = accepted_at + shard.config.tls.handshake_timeout();
+            if let Some(Ok(tls)) = with_deadline(deadline, acceptor.accept(tcp)).await {
+                let (_, mut wr) = split(tls);
+                let _ = with_deadline(flush(), outbox.run_writer(&mut wr)).await;
+            }
+        }
+        None => {
+            let (_, mut wr) = split(tcp);
+            let _ = with_deadline(flush(), outbox.run_writer(&mut wr)).await;
+        }
+    }
+}
+
+async fn serve_admitted(
+    shard: &Rc<Shard>,
+    stream: glommio::net::TcpStream,
+    service: Service,
+    (id, outbox): (ConnId, Outbox),
+    peer: Option<SocketAddr>,
+    accepted_at: Instant,
+) {
+    let conn = Connection::new(
+        service,
+        shard.policy,
+        &shard.config.rate,
+        accepted_at,
+        (shard.id, id, peer),
+    );
+    let tcp = Tcp::new(stream);
     match &shard.tls {
         Some(acceptor) => {
             let deadline = accepted_at + shard.config.tls.handshake_timeout();
             match with_deadline(deadline, acceptor.accept(tcp)).await {
-                Some(Ok(tls)) => {
-                    drive(&shard, tls, service, registered.clone(), peer, accepted_at).await
-                }
+                Some(Ok(tls)) => drive(shard, tls, conn, id, &outbox, peer).await,
                 Some(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake failed"),
                 None => tracing::debug!(?peer, "TLS handshake deadline passed"),
             }
         }
-        None => drive(&shard, tcp, service, registered.clone(), peer, accepted_at).await,
-    }
-    if let Some((id, _)) = registered {
-        shard.unregister_conn(id);
+        None => drive(shard, tcp, conn, id, &outbox, peer).await,
     }
 }
 
+/// Runs the reader (bytes and time into the core, events out) beside the outbox's writer until
+/// the connection is done, then gives the writer until the flush deadline.
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     shard: &Rc<Shard>,
     stream: S,
-    service: Service,
-    registered: Option<(ConnId, Outbox)>,
+    mut conn: Connection,
+    id: ConnId,
+    outbox: &Outbox,
     peer: Option<SocketAddr>,
-    accepted_at: Instant,
 ) {
     let (mut rd, mut wr) = split(stream);
-    let flush_deadline = || Instant::now() + shard.config.server.close_flush_timeout();
-    let Some((id, outbox)) = registered else {
-        shard.note_refused(service);
-        let outbox = Outbox::new(shard.config.server.send_queue_limit_bytes);
-        let last = shard.encode(&disconnect(DisconnectReason::ServerFull, "server full"));
-        outbox.close(last, false);
-        let _ = with_deadline(flush_deadline(), outbox.run_writer(&mut wr)).await;
-        return;
-    };
-    let session = shards::guard::contain_panic(async {
-        let reader = pin!(read_loop(
-            shard,
-            id,
-            service,
-            &mut rd,
-            &outbox,
-            peer,
-            accepted_at
-        ));
-        let writer = pin!(outbox.run_writer(&mut wr));
-        match select(reader, writer).await {
-            Either::Left((last, writer)) => {
-                outbox.close(last.and_then(|m| shard.encode(&m)), false);
-                if with_deadline(flush_deadline(), writer).await.is_none() {
-                    tracing::debug!(
-                        shard = shard.id,
-                        conn = id,
-                        "last frames not flushed in time"
-                    );
-                }
+    let ip = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip());
+    let reader = pin!(read_loop(shard, &mut rd, &mut conn, id, outbox, ip));
+    let writer = pin!(outbox.run_writer(&mut wr));
+    match select(reader, writer).await {
+        Either::Left(((), writer)) => {
+            // The core has queued its last message (if any); nothing more is sent.
+            outbox.close(None, false);
+            let flush_until = Instant::now() + shard.policy.close_flush_timeout;
+            if with_deadline(flush_until, writer).await.is_none() {
+                tracing::debug!(
+                    shard = shard.id,
+                    conn = id,
+                    "last frames not flushed in time"
+                );
             }
-            Either::Right((Err(e), _)) => {
-                tracing::debug!(shard = shard.id, conn = id, error = %e, "write failed");
-            }
-            Either::Right((Ok(()), _)) => {}
         }
-    })
-    .await;
-    if let Err(panic) = session {
-        tracing::error!(shard = shard.id, conn = id, ?peer, %panic, "session panicked; closed it");
+        Either::Right((Err(e), _)) => {
+            tracing::debug!(shard = shard.id, conn = id, error = %e, "write failed");
+        }
+        Either::Right((Ok(()), _)) => {}
     }
 }
 
-enum Read {
+enum Wake {
     Data(usize),
     Gone,
     Closing,
     Deadline,
 }
 
-/// Reads frames and hands them to the service until the connection ends. Returns the last
-/// message to send before closing, if any.
+/// Feeds the core until it is closing: what it reads, the time its deadlines come, the answers
+/// to its requests; carries out its events.
 async fn read_loop<R: AsyncRead + Unpin>(
     shard: &Rc<Shard>,
-    conn: ConnId,
-    service: Service,
     rd: &mut R,
+    conn: &mut Connection,
+    id: ConnId,
     outbox: &Outbox,
-    peer: Option<SocketAddr>,
-    accepted_at: Instant,
-) -> Option<ServerMessage> {
-    let cfg = &shard.config.server;
-    let mut decoder = FrameDecoder::new(cfg.max_client_frame);
+    ip: IpAddr,
+) {
     let mut buf = vec![0u8; READ_BUF];
-    let mut handler = match service {
-        Service::Login => Handler::Login(LoginSession),
-        Service::World => Handler::World(WorldSession::new(&shard.config.rate, accepted_at)),
-    };
-    // An absolute deadline, moved only by complete frames: trickling bytes does not keep a
-    // connection alive (slowloris).
-    let mut deadline = accepted_at + cfg.first_frame_timeout();
     loop {
-        let read = or(
+        while let Some(event) = conn.poll_event() {
+            match event {
+                Event::Send(msg) => shard.with_hub(|h| h.send(id, &msg)),
+                Event::Request(request) => {
+                    let kind = RequestKind::of(&request);
+                    let answer = match shard.db(move |s| service::run(s, request, ip)).await {
+                        Ok(answer) => answer,
+                        Err(why) => service::no_answer(kind, why, shard.id),
+                    };
+                    conn.complete(answer, Now::current());
+                }
+                Event::Enter(player) => {
+                    shard.with_hub(|h| h.enter(id, player, micros_since_start()))
+                }
+                Event::Chat(text) => shard.with_hub(|h| h.chat(id, text)),
+                Event::Move(position) => shard.with_hub(|h| h.move_to(id, position)),
+                Event::Close { last } => {
+                    close_with(outbox, last.as_ref());
+                    return;
+                }
+            }
+        }
+        if conn.is_closing() || outbox.is_closing() {
+            return;
+        }
+        let wait = conn
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        let woke = or(
             async {
                 match rd.read(&mut buf).await {
-                    Ok(0) | Err(_) => Read::Gone,
-                    Ok(n) => Read::Data(n),
+                    Ok(0) | Err(_) => Wake::Gone,
+                    Ok(n) => Wake::Data(n),
                 }
             },
             or(
                 async {
                     outbox.closed().await;
-                    Read::Closing
+                    Wake::Closing
                 },
                 async {
-                    glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-                    Read::Deadline
+                    match wait {
+                        Some(wait) => glommio::timer::sleep(wait).await,
+                        None => futures::future::pending::<()>().await,
+                    }
+                    Wake::Deadline
                 },
             ),
         )
         .await;
-        let n = match read {
-            Read::Data(n) => n,
-            Read::Gone | Read::Closing => return None,
-            Read::Deadline => {
-                tracing::debug!(shard = shard.id, conn, ?peer, "idle timeout");
-                return Some(disconnect(
-                    DisconnectReason::IdleTimeout,
-                    "no frame in time",
-                ));
+        match woke {
+            Wake::Data(n) => conn.handle_input(&buf[..n], Now::current()),
+            Wake::Gone => {
+                conn.handle_eof();
+                return;
             }
-        };
-        decoder.extend(&buf[..n]);
-        loop {
-            let frame = match decoder.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => return Some(protocol_error(shard, conn, peer, &e)),
-            };
-            deadline = Instant::now() + cfg.idle_timeout();
-            let msg = match ClientMessage::decode(&frame, service) {
-                Ok(msg) => msg,
-                Err(e) => return Some(protocol_error(shard, conn, peer, &e)),
-            };
-            let outcome = match &mut handler {
-                Handler::Login(session) => {
-                    super::login::handle(shard, conn, session, msg, peer).await
-                }
-                Handler::World(session) => super::world::handle(shard, conn, session, msg).await,
-            };
-            if let Err(last) = outcome {
-                return last;
-            }
-            if outbox.is_closing() {
-                return None;
-            }
+            Wake::Closing => return,
+            Wake::Deadline => conn.handle_timeout(Now::current()),
         }
     }
 }
 
-enum Handler {
-    Login(LoginSession),
-    World(WorldSession),
-}
-
-fn protocol_error(
-    shard: &Shard,
-    conn: ConnId,
-    peer: Option<SocketAddr>,
-    e: &ProtocolError,
-) -> ServerMessage {
-    tracing::debug!(shard = shard.id, conn, ?peer, error = %e, "protocol error; closing");
-    disconnect(e.disconnect_reason(), e.to_string())
+/// Sends `last` after what is queued and closes the outbox.
+fn close_with(outbox: &Outbox, last: Option<&ServerMessage>) {
+    let frame = last.and_then(|msg| shards::chunk::encode(|buf| msg.encode(buf)).ok());
+    outbox.close(frame, false);
 }

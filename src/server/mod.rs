@@ -1,12 +1,9 @@
 //! The glommio driver: binds both services on every shard, starts the shards and the DB pool,
 //! and shuts them down. Everything per-connection and per-shard lives in [`shard`] and [`conn`].
 
-mod clock;
 mod conn;
 mod listen;
-mod login;
 mod shard;
-mod world;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +19,7 @@ use crate::dbpool::DbPool;
 use crate::store::{Backend, PositionWriter, StoreError, StoreStats};
 use crate::tls::TlsError;
 
-pub use clock::micros_since_start;
+pub use crate::hub::micros_since_start;
 
 /// The server could not start, or a shard failed.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +163,7 @@ impl Clone for ShardInit {
 /// configured core, each listening on both services.
 pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     config.validate()?;
-    clock::init();
+    crate::hub::init_clock();
     let tls_on = config.tls.enabled;
     let tls = if config.tls.enabled {
         Some(crate::tls::server_config(&config.tls)?)

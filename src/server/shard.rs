@@ -1,53 +1,35 @@
-//! One shard: the sessions it owns, its replica of the world, its end of the mesh, and how it
-//! starts and drains. Everything here runs on the shard's own thread and takes no lock.
+//! One glommio shard: its hub (world replica and connections), its admission state, its end of
+//! the mesh, and how it starts, accepts and drains. Everything here runs on the shard's own
+//! thread and takes no lock.
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{OnceCell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd};
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_lite::future::or;
 use glommio::net::TcpListener;
 use glommio::sync::Gate;
-use hashbrown::HashMap;
+use shards::guard::contain_panic;
 use shards::mailbox::MailboxSender;
 use shards::mesh::Mesh;
-use shards::outbox::{Outbox, PushError};
+use shards::outbox::Outbox;
 use shards::shutdown::ShutdownListener;
 use shards::ShardSpec;
 
 use crate::config::Config;
 use crate::dbpool::{DbPool, PoolError, ReplyRoute};
-use crate::protocol::pb::DisconnectReason;
-use crate::protocol::{ServerMessage, Service};
-use crate::session::disconnect;
-use crate::store::{PositionWriter, Services};
-use crate::world::{Action, ConnId, World, WorldEvent};
+use crate::hub::{micros_since_start, Hub};
+use crate::protocol::Service;
+use crate::service::NoAnswer;
+use crate::session::{Admission, ConnPolicy};
+use crate::store::Services;
+use crate::world::WorldEvent;
 
 use super::conn::{self, with_deadline};
 use super::{take_own, ShardInit, ShardStats};
-
-/// How long a shard remembers an account's newest entry after it left (see `World`).
-const ENTRY_MEMORY_MICROS: u64 = 10 * 60 * 1_000_000;
-
-/// Why a DB request got no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(super) enum DbFailure {
-    /// The pool's queue is full.
-    #[error("db pool busy")]
-    Busy,
-    /// No answer within `store.request_timeout_ms`.
-    #[error("db request timed out")]
-    Timeout,
-    /// The pool has stopped.
-    #[error("db pool stopped")]
-    Stopped,
-    /// The job panicked on the pool thread.
-    #[error("db job panicked")]
-    Panicked,
-}
 
 /// DB answers for a shard come back through its mailbox, to be handed over on its own thread.
 struct MailboxRoute(MailboxSender);
@@ -63,26 +45,19 @@ impl ReplyRoute for MailboxRoute {
 pub(super) struct Shard {
     pub(super) id: usize,
     pub(super) config: Arc<Config>,
+    pub(super) policy: ConnPolicy,
     pub(super) tls: Option<futures_rustls::TlsAcceptor>,
+    pub(super) admission: RefCell<Admission>,
     pool: DbPool,
-    writer: PositionWriter,
     replies: Arc<dyn ReplyRoute>,
-    world: RefCell<World>,
-    conns: RefCell<HashMap<ConnId, Outbox>>,
-    next_conn: Cell<ConnId>,
+    hub: RefCell<Hub<Outbox>>,
     mesh: OnceCell<Mesh<WorldEvent>>,
-    actions: RefCell<Vec<Action>>,
     stats: Arc<Vec<ShardStats>>,
     gate: Gate,
     shutdown: ShutdownListener,
-    /// Connections refused at the limit since the last warning, and when that was.
-    refused: Cell<(u64, Option<Instant>)>,
 }
 
-/// At most one "connection limit reached" warning per shard this often.
-const REFUSED_WARNING_EVERY: Duration = Duration::from_secs(10);
-
-/// The shard's main future: joins the mesh, accepts on both services until shutdown, then drains.
+/// The shard's main future: joins the mesh, accepts on its services until shutdown, then drains.
 pub(super) async fn run(spec: ShardSpec, init: ShardInit) {
     let Some(own) = take_own(&init.own, spec.id) else {
         tracing::error!(shard = spec.id, "nothing handed over to this shard");
@@ -92,19 +67,23 @@ pub(super) async fn run(spec: ShardSpec, init: ShardInit) {
     let listeners = own.sockets;
     let shard = Rc::new(Shard {
         id: spec.id,
+        policy: init.config.server.conn_policy(),
         tls: init.tls.map(futures_rustls::TlsAcceptor::from),
+        admission: RefCell::new(Admission::new(
+            init.config.server.admission_policy(),
+            Instant::now(),
+        )),
         pool: init.pool,
-        writer: init.writer,
         replies: Arc::new(MailboxRoute(own.replies)),
-        world: RefCell::new(World::new(u16::try_from(spec.id).unwrap_or(u16::MAX))),
-        conns: RefCell::new(HashMap::new()),
-        next_conn: Cell::new(1),
+        hub: RefCell::new(Hub::new(
+            spec.id,
+            init.config.server.send_queue_limit_bytes,
+            init.writer,
+        )),
         mesh: OnceCell::new(),
-        actions: RefCell::new(Vec::new()),
         stats: init.stats,
         gate: Gate::new(),
         shutdown: own.shutdown,
-        refused: Cell::new((0, None)),
         config: init.config,
     });
     let receiver = shard.clone();
@@ -173,10 +152,9 @@ async fn leave_together(shard: &Shard, exit: &shards::ExitGate) {
 /// which ends the accept loops.
 ///
 /// Why not just drop the pending accept: glommio submits it to io_uring with an address buffer
-/// that is freed with the executor, while the kernel cancels in-flight requests only after the
-/// ring is closed; an accept still pending then can write a peer address into freed memory
-/// (seen as a heap corruption at thread exit). And a closed-but-pending listener would keep
-/// being handed connections that nobody accepts.
+/// that is freed with the executor; an accept still pending at exit could write a peer address
+/// into freed memory. And a closed-but-pending listener would keep being handed connections that
+/// nobody accepts.
 fn stop_listening(shard: usize, fds: &[std::os::fd::RawFd]) {
     for &fd in fds {
         // SAFETY: the listener owning `fd` is alive in the caller for this whole call.
@@ -188,7 +166,7 @@ fn stop_listening(shard: usize, fds: &[std::os::fd::RawFd]) {
 }
 
 /// Accepts connections until the listener is stopped at shutdown. The pending accept is never
-/// dropped (see `stop_listening`).
+/// dropped (see `stop_listening`); each connection runs in its own task, guarded against panics.
 async fn accept_loop(shard: Rc<Shard>, listener: Rc<TcpListener>, service: Service) {
     loop {
         let accepted = listener.accept().await;
@@ -218,6 +196,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: Rc<TcpListener>, service: Servi
     tracing::debug!(shard = shard.id, %service, "stopped accepting");
 }
 
+/// Hands every local player's position to the writer every `save_interval_ms`. A panic in one
+/// tick is logged and the next tick runs.
 async fn save_loop(shard: Rc<Shard>) {
     let interval = shard.config.server.save_interval();
     loop {
@@ -235,57 +215,42 @@ async fn save_loop(shard: Rc<Shard>) {
         if !tick {
             break;
         }
-        // Entries older than this cannot still be travelling between shards.
-        let cutoff = super::micros_since_start().saturating_sub(ENTRY_MEMORY_MICROS);
-        shard.world.borrow_mut().forget_entries_before(cutoff);
-        let positions = shard.world.borrow().local_positions();
-        shard.writer.save(&positions);
+        let saved = contain_panic(async { shard.with_hub(|h| h.save_tick(micros_since_start())) });
+        if let Err(panic) = saved.await {
+            tracing::error!(shard = shard.id, %panic, "save tick panicked");
+        }
     }
 }
 
 impl Shard {
-    /// Registers a new connection, or `None` when the shard is at its connection limit.
-    pub(super) fn register_conn(&self) -> Option<(ConnId, Outbox)> {
-        let mut conns = self.conns.borrow_mut();
-        if conns.len() >= self.config.server.max_connections_per_shard {
-            return None;
+    /// Runs `f` on the hub, then sends what it published to the other shards.
+    pub(super) fn with_hub<R>(&self, f: impl FnOnce(&mut Hub<Outbox>) -> R) -> R {
+        let mut hub = self.hub.borrow_mut();
+        let out = f(&mut hub);
+        let published = hub.drain_published();
+        match self.mesh.get() {
+            Some(mesh) => published.for_each(|event| mesh.publish(event)),
+            None => published.for_each(drop),
         }
-        let id = self.next_conn.get();
-        self.next_conn.set(id + 1);
-        let outbox = Outbox::new(self.config.server.send_queue_limit_bytes);
-        conns.insert(id, outbox.clone());
-        self.stat_add(1);
-        Some((id, outbox))
+        out
     }
 
-    /// Counts a connection refused at the limit; warns now and then, not once per connection
-    /// (a flood must not flood the log too).
-    pub(super) fn note_refused(&self, service: Service) {
-        let (count, last) = self.refused.get();
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < REFUSED_WARNING_EVERY) {
-            self.refused.set((count + 1, last));
-            return;
+    /// An event from another shard. A panic in it is logged; the shard goes on.
+    fn on_remote(&self, event: WorldEvent) {
+        let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.with_hub(|h| h.apply_remote(event))
+        }));
+        if let Err(panic) = applied {
+            tracing::error!(
+                shard = self.id,
+                panic = %shards::guard::panic_message(panic),
+                "applying a remote world event panicked; event skipped"
+            );
         }
-        tracing::warn!(
-            shard = self.id,
-            %service,
-            limit = self.config.server.max_connections_per_shard,
-            refused = count + 1,
-            "connection limit reached; refusing connections with SERVER_FULL"
-        );
-        self.refused.set((0, Some(now)));
     }
 
-    /// Forgets a closed connection; a world session leaves the world.
-    pub(super) fn unregister_conn(&self, id: ConnId) {
-        if self.conns.borrow_mut().remove(&id).is_some() {
-            self.stat_add(-1);
-        }
-        self.world_action(|world, out| world.leave(id, out));
-    }
-
-    fn stat_add(&self, delta: isize) {
+    /// Counts a connection in the stats the handle reports.
+    pub(super) fn stat_add(&self, delta: isize) {
         if let Some(s) = self.stats.get(self.id) {
             use std::sync::atomic::Ordering::Relaxed;
             if delta > 0 {
@@ -296,118 +261,26 @@ impl Shard {
         }
     }
 
-    /// Encodes a message into the shard's send-buffer chunk.
-    pub(super) fn encode(&self, msg: &ServerMessage) -> Option<Bytes> {
-        match shards::chunk::encode(|buf| msg.encode(buf)) {
-            Ok(frame) => Some(frame),
-            Err(e) => {
-                tracing::error!(shard = self.id, error = %e, "message too large to send; dropped");
-                None
-            }
-        }
-    }
-
-    /// Sends a message to one connection of this shard.
-    pub(super) fn send(&self, conn: ConnId, msg: &ServerMessage) {
-        if let Some(frame) = self.encode(msg) {
-            self.push(conn, frame);
-        }
-    }
-
-    fn push(&self, conn: ConnId, frame: Bytes) {
-        let conns = self.conns.borrow();
-        let Some(outbox) = conns.get(&conn) else {
-            return;
-        };
-        match outbox.push(frame) {
-            Ok(()) | Err(PushError::Closed) => {}
-            Err(PushError::Overflow) => {
-                tracing::info!(
-                    shard = self.id,
-                    conn,
-                    pending = outbox.pending_bytes(),
-                    "slow consumer: send queue over its limit, disconnecting"
-                );
-                let last = self.encode(&disconnect(
-                    DisconnectReason::SlowConsumer,
-                    "send queue over its limit",
-                ));
-                outbox.close(last, true);
-            }
-        }
-    }
-
-    /// Sends `S_DISCONNECT{reason}` after what is queued and closes the connection.
-    pub(super) fn kick(&self, conn: ConnId, reason: DisconnectReason, detail: &str) {
-        let last = self.encode(&disconnect(reason, detail));
-        if let Some(outbox) = self.conns.borrow().get(&conn) {
-            outbox.close(last, false);
-        }
-    }
-
-    /// Runs a world rule and carries out what it asks.
-    pub(super) fn world_action(&self, rule: impl FnOnce(&mut World, &mut Vec<Action>)) {
-        let mut actions = std::mem::take(&mut *self.actions.borrow_mut());
-        rule(&mut self.world.borrow_mut(), &mut actions);
-        self.run_actions(&mut actions);
-        *self.actions.borrow_mut() = actions;
-    }
-
-    fn on_remote(&self, event: WorldEvent) {
-        self.world_action(|world, out| world.apply_remote(event, out));
-    }
-
-    fn run_actions(&self, actions: &mut Vec<Action>) {
-        for action in actions.drain(..) {
-            match action {
-                Action::Send { to, msg } => self.send(to, &msg),
-                Action::Broadcast { except, msg } => {
-                    let Some(frame) = self.encode(&msg) else {
-                        continue;
-                    };
-                    // Pushing never touches the world (a slow consumer is only marked
-                    // closing), so the world can stay borrowed while the frame goes out.
-                    let world = self.world.borrow();
-                    for conn in world.local_conns().filter(|c| Some(*c) != except) {
-                        self.push(conn, frame.clone());
-                    }
-                }
-                Action::Kick { conn, reason } => {
-                    tracing::info!(shard = self.id, conn, ?reason, "session replaced");
-                    self.kick(conn, reason, "logged in elsewhere");
-                }
-                Action::Publish(event) => {
-                    if let Some(mesh) = self.mesh.get() {
-                        mesh.publish(event);
-                    }
-                }
-                Action::Save { player, position } => {
-                    self.writer.save(&[(player, position)]);
-                }
-            }
-        }
-    }
-
     /// Runs a blocking job on the DB pool and waits for its answer, at most
     /// `store.request_timeout_ms`. The shard keeps serving meanwhile.
     pub(super) async fn db<T: Send + 'static>(
         &self,
         job: impl FnOnce(&mut Services) -> T + Send + 'static,
-    ) -> Result<T, DbFailure> {
+    ) -> Result<T, NoAnswer> {
         let reply = self
             .pool
             .submit_routed(self.replies.clone(), job)
             .map_err(|e| match e {
-                PoolError::Busy => DbFailure::Busy,
-                PoolError::Stopped => DbFailure::Stopped,
-                PoolError::JobPanicked => DbFailure::Panicked,
+                PoolError::Busy => NoAnswer::Busy,
+                PoolError::Stopped => NoAnswer::Stopped,
+                PoolError::JobPanicked => NoAnswer::Panicked,
             })?;
         let deadline = Instant::now() + self.config.store.request_timeout();
         match with_deadline(deadline, reply).await {
-            None => Err(DbFailure::Timeout),
+            None => Err(NoAnswer::Timeout),
             Some(Ok(v)) => Ok(v),
-            Some(Err(PoolError::JobPanicked)) => Err(DbFailure::Panicked),
-            Some(Err(_)) => Err(DbFailure::Stopped),
+            Some(Err(PoolError::JobPanicked)) => Err(NoAnswer::Panicked),
+            Some(Err(_)) => Err(NoAnswer::Stopped),
         }
     }
 
@@ -415,20 +288,13 @@ impl Shard {
     /// position to the writer (which writes it before the process exits), tell every
     /// connection, wait for them to close (at most the grace period).
     async fn drain(&self) {
-        let positions = self.world.borrow().local_positions();
-        let players = positions.len();
-        let connections = self.conns.borrow().len();
+        let (connections, players) = self.with_hub(|h| h.begin_shutdown());
         tracing::info!(shard = self.id, connections, players, "shutting down");
-        self.writer.save(&positions);
-        let ids: Vec<ConnId> = self.conns.borrow().keys().copied().collect();
-        for id in ids {
-            self.kick(id, DisconnectReason::ServerShutdown, "server shutting down");
-        }
         let deadline = Instant::now() + self.config.server.shutdown_grace();
         if with_deadline(deadline, self.gate.close()).await.is_none() {
             tracing::warn!(
                 shard = self.id,
-                open = self.conns.borrow().len(),
+                open = self.with_hub(|h| h.connections()),
                 "connections still open after the grace period"
             );
         }

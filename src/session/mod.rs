@@ -1,10 +1,16 @@
 //! Per-connection rules, sans-IO: what a session answers to each decoded message, given the time.
 //! The drivers do what the returned step says (reply, ask the DB pool, touch the world, close).
 
+mod admission;
+mod connection;
 mod login;
 mod rate;
 mod world;
 
+pub use admission::{Admission, AdmissionPolicy, Admit, Limit, RefusalWarning};
+pub use connection::{
+    Answer, ConnPolicy, Connection, EnterAnswer, Event, LoginAnswer, Now, RegisterAnswer, Request,
+};
 pub use login::{validate_password, validate_username, LoginSession, LoginStep};
 pub use rate::{RateConfig, TokenBucket};
 pub use world::{WorldSession, WorldStep, MAX_CHAT_BYTES, MAX_TOKEN_LEN};

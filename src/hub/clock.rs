@@ -6,7 +6,7 @@ use std::time::Instant;
 static START: OnceLock<Instant> = OnceLock::new();
 
 /// Fixes the clock's origin (the first call wins).
-pub(super) fn init() {
+pub fn init() {
     START.get_or_init(Instant::now);
 }
 
